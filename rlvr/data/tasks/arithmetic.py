@@ -1,0 +1,66 @@
+"""The tiny arithmetic task: short integer expressions with exact answers.
+
+A problem is an expression such as ``47+385=`` or ``23*7=`` and its answer the integer value (``432``,
+``161``). The model answers with the bare number; answers are graded by
+:func:`rlvr.rewards.grading.grade`, the grader the math reward and ``rlvr eval`` use, so the tiny task
+exercises the same path as MATH500.
+
+Problems are a pure function of ``(split, index)``: the held-out split is fixed forever (the same 500+
+problems on every machine), and a problem that appears in the held-out split never appears in ``train``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+HELDOUT_SIZE = 512
+
+# Operation -> (operand ranges). Sums of two 3-digit numbers and products of a 2-digit by a 1-digit
+# number: hard enough that a briefly warm-started 1M-parameter model makes mistakes, easy enough that
+# it solves a fair share, so sampled groups carry reward signal.
+_OPERATIONS = (
+    ("+", (10, 99), (10, 99)),
+    ("-", (10, 99), (10, 99)),
+    ("*", (2, 9), (10, 99)),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    problem: str
+    answer: str
+
+
+def _draw(rng: random.Random) -> tuple[str, str]:
+    op, (lo_a, hi_a), (lo_b, hi_b) = rng.choice(_OPERATIONS)
+    a, b = rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"{a}{op}{b}=", str(value)
+
+
+def _is_heldout(expression: str) -> bool:
+    """A stable 1-in-16 hash split, so train never contains a held-out expression."""
+    return hashlib.sha256(expression.encode()).digest()[0] % 16 == 0
+
+
+def problems(split: str, count: int, seed: int = 0) -> list[Problem]:
+    """The first ``count`` problems of ``split`` ("train" or "heldout") for ``seed``.
+
+    The held-out split ignores ``seed``: it is one fixed set, so accuracies are comparable across runs.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"tiny arithmetic split {split!r} is unknown; use 'train' or 'heldout'")
+    rng = random.Random(f"rlvr-arithmetic-{split}-{0 if split == 'heldout' else seed}")
+    want_heldout = split == "heldout"
+    out: list[Problem] = []
+    seen: set[str] = set()
+    while len(out) < count:
+        expression, answer = _draw(rng)
+        if _is_heldout(expression) != want_heldout or (want_heldout and expression in seen):
+            continue
+        seen.add(expression)
+        out.append(Problem(id=f"arith-{split}-{len(out)}", problem=expression, answer=answer))
+    return out

@@ -51,9 +51,14 @@ class TinySpec:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 128
-    warmup_steps: int = 400
+    warmup_steps: int = 1500
     warmup_batch_size: int = 128
     warmup_lr: float = 3e-3
+    # The fraction of warm-start answers followed by a few junk characters before EOS. The warm-started
+    # model imitates this sloppiness: sampled at temperature 1 it often rambles past a right answer (which
+    # then grades wrong), as base models fail to stop; RL's first gains are learning to stop.
+    warmup_ramble: float = 0.35
+    warmup_label_smoothing: float = 0.0
     seed: int = 1234
     version: int = 1
 
@@ -105,12 +110,16 @@ def build_model(spec: TinySpec, vocab_size: int):
     return LlamaForCausalLM(config)
 
 
-def _sft_batch(tokenizer, batch: list[arithmetic.Problem]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``prompt + answer + EOS`` ids and labels that train only the answer and EOS."""
+def _sft_batch(tokenizer, batch: list[arithmetic.Problem], ramble: float, rng: random.Random
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``prompt + answer [+ junk] + EOS`` ids and labels that train only the response."""
     rows, labels = [], []
     for p in batch:
         prompt = tokenizer(p.problem, add_special_tokens=False).input_ids
-        answer = tokenizer(p.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        text = p.answer
+        if rng.random() < ramble:
+            text += " " + "".join(rng.choice("0123456789+-*=") for _ in range(rng.randint(2, 4)))
+        answer = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(len(r) for r in rows)
@@ -132,10 +141,15 @@ def warm_start(model, tokenizer, spec: TinySpec) -> list[float]:
     )
     model.train()
     curve = []
+    rng = random.Random(spec.seed + 1)
     for step in range(spec.warmup_steps):
         chunk = data[step * spec.warmup_batch_size : (step + 1) * spec.warmup_batch_size]
-        ids, labels = _sft_batch(tokenizer, chunk)
-        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
+        ids, labels = _sft_batch(tokenizer, chunk, spec.warmup_ramble, rng)
+        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+            ignore_index=-100, label_smoothing=spec.warmup_label_smoothing,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -164,7 +178,10 @@ def ensure_tiny_model(spec: TinySpec | None = None) -> Path:
         if (target / "config.json").exists():
             return target
         started = time.perf_counter()
-        log.info("building the tiny model (first use; cached in %s)", target)
+        log.info("building the tiny model (first use, about 3 minutes on 2 cores; cached in %s)", target)
+        from rlvr.models.loading import quiet_transformers
+
+        quiet_transformers()
         with torch.random.fork_rng():
             tokenizer = build_tokenizer()
             model = build_model(spec, len(tokenizer))

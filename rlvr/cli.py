@@ -1,0 +1,61 @@
+"""``rlvr train RECIPE [key=value ...] [--resume]`` and ``rlvr list algorithms|rewards``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rlvr.config import RecipeError, load_recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlvr", description="RL post-training with verifiable rewards.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a recipe")
+    train.add_argument("recipe", help="a recipe YAML, e.g. recipes/tiny/grpo.yaml")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. learner.lr=2e-6")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+
+    listing = commands.add_parser("list", help="list what is registered")
+    listing.add_argument("what", choices=["algorithms", "rewards"])
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "list":
+        return _list(args.what)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as error:
+        print(f"rlvr: {error}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rlvr.trainer import train as run_training
+
+    try:
+        run_training(recipe, resume=args.resume)
+    except (FileExistsError, ValueError) as error:
+        print(f"rlvr: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _list(what: str) -> int:
+    if what == "algorithms":
+        from rlvr import algos
+
+        for name in algos.names():
+            doc = (algos.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:20s} {doc[0] if doc else ''}")
+    else:
+        from rlvr.rewards.registry import REWARDS, available
+
+        for name, description in available().items():
+            print(f"{name:20s} {REWARDS[name]:40s} {description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The recipe schema: one pydantic model per section, YAML recipes, ``key=value`` overrides.
+
+Every field says what it does, its unit and where its default comes from. Unknown keys and bad values
+are errors that name the field path, the value and what is allowed (:class:`RecipeError`), raised before
+any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlvr.algos.functional import AGG_MODES
+
+
+class RecipeError(ValueError):
+    """A recipe or an override is wrong; the message says where, with which value, and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    path: str = Field("tiny", description="'tiny' (the embedded model, built locally), a local Hugging Face "
+                      "model directory, or a hub id such as Qwen/Qwen2.5-Math-1.5B.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of learner and rollout.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    trust_remote_code: bool = False
+
+
+class DataConfig(Section):
+    train: str = Field("tiny:train", description="Prompt source: 'tiny:train', a .jsonl/.json/.parquet file, "
+                       "or a Hugging Face dataset 'name[:split]'.")
+    heldout: str | None = Field("tiny:heldout", description="Held-out prompts scored before the first and "
+                                "after the last step (heldout/accuracy); null to skip.")
+    heldout_size: int | None = Field(None, ge=1, description="Use the first K held-out prompts (default: all).")
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    template: Literal["plain", "chat", "qwen-boxed"] = Field(
+        "plain", description="Prompt template: the raw problem, the model's chat template, or Qwen2.5-Math "
+        "chain of thought with a boxed answer.")
+    batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
+    shuffle: bool = True
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="Hugging Face generate (CPU / small GPU) or vLLM.")
+    n: int = Field(8, ge=1, description="Samples per prompt (the GRPO group size G; TRL num_generations 8).")
+    max_new_tokens: int = Field(16, ge=1, description="Response length limit in tokens.")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (DAPO recipe 1.0).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables it.")
+    batch_size: int = Field(256, ge=1, description="Sequences per generate call (memory knob).")
+
+
+class RewardConfig(Section):
+    function: str = Field("math_answer", description="A registered reward name (rlvr list rewards) or an "
+                          "importable 'module:function' with fn(completion, answer, **fields) -> float | dict.")
+    timeout_s: float = Field(10.0, gt=0.0, description="Hard limit per call, in seconds; past it the call "
+                             "gets failure_score and its process is replaced.")
+    failure_score: float = Field(0.0, description="Score of a call that raises, times out, or returns NaN or "
+                                 "a non-number; such calls are counted in reward/errors.")
+    num_workers: int = Field(2, ge=1, description="Reward processes.")
+    correct_threshold: float = Field(1.0, description="A row counts as correct (reward/accuracy) when its "
+                                     "score is at least this.")
+
+
+class AlgorithmConfig(BaseModel):
+    """``name`` picks the algorithm; every other key is one of that algorithm's options
+    (``rlvr list algorithms``), validated by the algorithm's own options model."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field("grpo", description="Registered algorithm name.")
+
+    @model_validator(mode="after")
+    def _known_algorithm_and_options(self) -> AlgorithmConfig:
+        from rlvr import algos
+
+        if self.name not in algos.names():
+            raise ValueError(f"algorithm.name: {self.name!r} is unknown; known algorithms: {', '.join(algos.names())}")
+        cls = algos.get(self.name)
+        try:
+            cls.Options(**self.options())
+        except ValidationError as error:
+            allowed = ", ".join(["name", *cls.Options.model_fields])
+            problems = []
+            for e in error.errors():
+                key = ".".join(str(p) for p in e["loc"])
+                if e["type"] == "extra_forbidden":
+                    problems.append(f"algorithm.{key}: unknown option of {self.name!r} (value {e['input']!r}); "
+                                    f"allowed keys here: {allowed}")
+                else:
+                    problems.append(f"algorithm.{key}: {e['msg']} (got {e['input']!r})")
+            raise ValueError("\n".join(problems)) from None
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LearnerConfig(Section):
+    backend: Literal["torch", "deepspeed"] = Field("torch", description="Plain torch (one process) or DeepSpeed ZeRO.")
+    lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (DeepSeekMath / TRL: 1e-6).")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Global gradient-norm clip.")
+    mini_batch_size: int | None = Field(None, ge=1, description="Rows per optimizer step; default: the whole "
+                                        "step batch (one update per rollout, as in DeepSeekMath).")
+    micro_batch_size: int = Field(64, ge=1, description="Rows per forward/backward (gradient accumulation).")
+    epochs: int = Field(1, ge=1, description="Passes over the step batch (PPO epochs).")
+    recompute_old_logprobs: bool = Field(True, description="Recompute the behaviour log-probs with the learner "
+                                         "(verl); false: use the rollout engine's.")
+
+
+class PlacementConfig(Section):
+    mode: Literal["colocated", "split"] = Field("colocated", description="colocated: the engine uses the "
+                                                "learner's module in one actor; split: separate actors and "
+                                                "weights through the Ray object store.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPUs).")
+    ray_address: str | None = Field(None, description="Ray cluster address ('auto'); default "
+                                    "$RLVR_RAY_ADDRESS, else a private local instance.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray instance.")
+    object_store_mb: int = Field(1024, ge=64, description="Object store size of the private local Ray instance.")
+
+
+class TrainerConfig(Section):
+    total_steps: int = Field(100, ge=1, description="RL steps (one rollout batch each).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0: only at the end).")
+    output_dir: str = Field("runs/tiny-grpo", description="The run directory.")
+    seed: int = Field(0, description="Seeds data order, sampling and initialisation.")
+    keep_checkpoints: int | None = Field(None, ge=1, description="Keep the last K checkpoints (default: all).")
+    heldout_temperature: float = Field(1.0, ge=0.0, description="Held-out sampling temperature (one sample "
+                                       "per problem) for heldout/accuracy; 0: greedy.")
+    heldout_greedy: bool = Field(True, description="Also log greedy accuracy (heldout/accuracy_greedy).")
+    heldout_max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+    progress: bool = Field(True, description="Show the live progress bar.")
+
+
+class Recipe(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    learner: LearnerConfig = LearnerConfig()
+    placement: PlacementConfig = PlacementConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        if self.learner.backend == "deepspeed":
+            raise ValueError("learner.backend 'deepspeed' is not available yet in this version; use 'torch'")
+        if self.rollout.engine == "vllm":
+            raise ValueError("rollout.engine 'vllm' is not available yet in this version; use 'hf'")
+        return self
+
+
+def _format_error(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            section = _section_at(tuple(e["loc"][:-1]))
+            allowed = ", ".join(section.model_fields) if section else ""
+            lines.append(f"{path}: unknown key (value {value!r}); allowed keys here: {allowed}")
+            continue
+        message = e["msg"].removeprefix("Value error, ")
+        if message.startswith(f"{path}."):  # already names its own field path (the algorithm section)
+            lines.append(message)
+            continue
+        where = path or "recipe"
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] = Recipe
+    for key in loc:
+        field = cls.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        cls = annotation
+    return cls
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"learner.lr=2e-6"`` -> (["learner", "lr"], 2e-06); values are YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {text!r} is not of the form section.key=value (e.g. learner.lr=2e-6)")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def build_recipe(data: dict[str, Any], overrides: list[str] = ()) -> Recipe:
+    data = dict(data or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise RecipeError(f"override {text!r}: {part!r} is a value, not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[path[-1]] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError("invalid recipe:\n" + _format_error(error)) from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {str(path)!r} must be a mapping of sections, got {type(data).__name__}")
+    return build_recipe(data, overrides)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,158 @@
+"""The torch learner: one process, AdamW, gradient accumulation, grad clipping, fp32 or bf16 parameters.
+
+Per step it computes the behaviour (and reference) log-probs, then runs ``learner.epochs`` passes of
+mini-batch updates. Log-probs and entropies come from the last hidden states through
+:func:`rlvr.kernels.token_logprobs`, only at response positions and never as a full [tokens x vocab]
+fp32 logits tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rlvr.algos.base import Algorithm, LossInputs
+from rlvr.batch import RolloutBatch
+from rlvr.config import Recipe
+from rlvr.kernels import token_logprobs
+from rlvr.models.loading import load_model, load_weights_from_dir
+
+
+class TorchLearner:
+    def __init__(self, recipe: Recipe, model_dir: str, algorithm: Algorithm):
+        self.recipe, self.algorithm = recipe, algorithm
+        cfg = recipe.learner
+        torch.manual_seed(recipe.trainer.seed)
+        self.model = load_model(model_dir, recipe.model.dtype, recipe.model.gradient_checkpointing,
+                                recipe.model.trust_remote_code)
+        self.model.train()
+        self.reference = None
+        if algorithm.needs_reference:
+            self.reference = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
+            self.reference.requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.temperature = recipe.rollout.temperature
+
+    # -- forward -----------------------------------------------------------------------------------
+    def _forward(self, model, batch: RolloutBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """Log-probs (and entropies) [n,T] of the response tokens under ``model``; zero where masked."""
+        ids, attention, positions = batch.input_ids()
+        hidden = model.base_model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
+        prompt_width = batch.prompt_tokens.shape[1]
+        width = batch.response_tokens.shape[1]
+        # The hidden state at position p predicts token p+1: responses are predicted from P-1 .. P+T-2.
+        hidden = hidden[:, prompt_width - 1 : prompt_width - 1 + width]
+        valid = batch.response_mask.bool()
+        weight = model.get_output_embeddings().weight
+        logp_flat, entropy_flat = token_logprobs(
+            hidden[valid], weight, batch.response_tokens[valid], self.temperature, return_entropy=with_entropy
+        )
+        logp = torch.zeros(valid.shape, dtype=logp_flat.dtype).masked_scatter(valid, logp_flat)
+        entropy = None
+        if entropy_flat is not None:
+            entropy = torch.zeros(valid.shape, dtype=entropy_flat.dtype).masked_scatter(valid, entropy_flat)
+        return logp, entropy
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> Tensor:  # [N,T]
+        """Log-probs of the batch's responses under the current policy (or the frozen reference)."""
+        model = self.reference if reference else self.model
+        out = torch.zeros(batch.response_tokens.shape)
+        for rows in _chunks(len(batch), self.recipe.learner.micro_batch_size):
+            micro = batch.select(rows).trimmed()
+            logp, _ = self._forward(model, micro, with_entropy=False)
+            out[rows, : logp.shape[1]] = logp.float()
+        return out
+
+    # -- update ------------------------------------------------------------------------------------
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """``epochs`` x mini-batches of optimizer steps on ``batch``; returns the step's learner metrics."""
+        cfg = self.recipe.learner
+        mini = cfg.mini_batch_size or len(batch)
+        sums: dict[str, float] = defaultdict(float)
+        grad_norms, skipped = [], 0
+        for _ in range(cfg.epochs):
+            for mini_rows in _chunks(len(batch), mini):
+                minibatch = batch.select(mini_rows)
+                num_tokens = float(minibatch.response_mask.sum().item())
+                self.optimizer.zero_grad(set_to_none=True)
+                for rows in _chunks(len(minibatch), cfg.micro_batch_size):
+                    micro = minibatch.select(rows).trimmed()
+                    metrics = self._backward(micro, num_tokens, float(len(minibatch)))
+                    share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
+                    for key, value in metrics.items():
+                        sums[key] += value * share
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                if torch.isfinite(norm):
+                    self.optimizer.step()
+                else:  # a non-finite gradient would poison the weights; skip and say so
+                    skipped += 1
+                self.scheduler.step()
+                grad_norms.append(float(norm))
+        passes = max(1, cfg.epochs * math.ceil(len(batch) / mini))
+        out = {key: value / passes for key, value in sums.items()}
+        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["actor/lr"] = self.scheduler.get_last_lr()[0]
+        out["actor/skipped_steps"] = float(skipped)
+        return out
+
+    def _backward(self, micro: RolloutBatch, num_tokens: float, num_seqs: float) -> dict[str, float]:
+        algo = self.algorithm
+        with_entropy = algo.needs_entropy or algo.options.entropy_coef != 0
+        logp, entropy = self._forward(self.model, micro, with_entropy)
+        mask = micro.response_mask.to(logp.dtype)
+        inputs = LossInputs(
+            logp=logp,
+            old_logp=micro.old_logprobs[:, : logp.shape[1]] if micro.old_logprobs is not None else logp.detach(),
+            entropy=entropy,
+            mask=mask,
+            advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, : logp.shape[1]],
+            num_tokens=num_tokens,
+            num_seqs=num_seqs,
+            ref_logp=micro.ref_logprobs[:, : logp.shape[1]] if micro.ref_logprobs is not None else None,
+            lr=self.scheduler.get_last_lr()[0],
+        )
+        loss, metrics = algo.loss(inputs)
+        loss.backward()
+        if entropy is not None:
+            metrics["actor/entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+        return metrics
+
+    # -- state -------------------------------------------------------------------------------------
+    def save(self, directory: str) -> None:
+        """Model in Hugging Face format, optimizer, scheduler and the algorithm's learner-side state."""
+        self.model.save_pretrained(directory, safe_serialization=True)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "algorithm": self.algorithm.state_dict()},
+            Path(directory) / "learner_state.pt",
+        )
+
+    def load(self, directory: str) -> None:
+        load_weights_from_dir(self.model, directory)
+        state = torch.load(Path(directory) / "learner_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this process: CUDA allocator peak on a GPU, peak resident set size on a CPU."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(start, min(n, start + size))) for start in range(0, n, size)]

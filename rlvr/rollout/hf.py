@@ -1,0 +1,78 @@
+"""The Hugging Face ``generate`` engine: batched sampling with per-token log-probs, for CPUs and small GPUs.
+
+In colocated placement it samples with the learner's own module (no copy); in split placement it owns a
+copy and receives weights as numpy arrays (:meth:`HFEngine.load_weights`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.workers.weights import load_named_arrays
+
+
+class HFEngine:
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        # Seeded per call so that a step's samples depend only on (weights, requests, seed): the same in
+        # colocated and split placement, and after a resume.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sampling.seed)
+            for start in range(0, len(requests), self.batch_size):
+                out.extend(self._generate_batch(requests[start : start + self.batch_size], sampling))
+        return out
+
+    def _generate_batch(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        device = next(self.model.parameters()).device
+        width = max(len(r) for r in requests)
+        ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):  # left padding, as generate expects for decoder-only models
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        greedy = sampling.temperature == 0
+        was_training = self.model.training
+        self.model.eval()
+        result = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
+            top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        self.model.train(was_training)
+        tokens = result.sequences[:, width:].cpu()
+        logits = torch.stack(result.logits, dim=1).float().cpu()  # [B,T,V], raw (before processors)
+        scale = 1.0 if greedy else sampling.temperature
+        logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row, row_logprobs in zip(tokens.tolist(), logprobs.tolist()):
+            length = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
+            finish = "stop" if self.eos_id in row else "length"
+            response = row[:length]
+            text = self.tokenizer.decode(response, skip_special_tokens=True)
+            completions.append(Completion(response, row_logprobs[:length], text, finish))
+        return completions
+
+    def load_weights(self, named_arrays: dict[str, np.ndarray]) -> None:
+        load_named_arrays(self.model, named_arrays)
+
+    def sleep(self) -> None:  # nothing to release on CPU; vLLM frees its KV cache here
+        pass
+
+    def wake(self) -> None:
+        pass

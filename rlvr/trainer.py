@@ -1,0 +1,246 @@
+"""The training loop (DESIGN.md section 2): generate, score, advantages, update, sync; log and save.
+
+:func:`train` is the whole loop; :class:`Trainer` holds the parts it calls (Ray workers, the reward pool,
+the prompt stream, the algorithm, the run directory). Feature flags live in the components they change,
+not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from rlvr import algos, checkpoint
+from rlvr.batch import RolloutBatch
+from rlvr.config import Recipe, dump_recipe
+from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
+from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
+from rlvr.models.loading import load_tokenizer, resolve_model_path
+from rlvr.rewards.grading import grade
+from rlvr.rewards.pool import RewardPool, RewardRequest
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.workers.placement import Workers, start_ray
+
+log = logging.getLogger("rlvr")
+
+
+def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
+    """Run ``recipe`` to ``trainer.total_steps``; with ``resume``, continue from the latest checkpoint."""
+    with Trainer(recipe, resume) as run:
+        if run.step == 0:
+            run.log({"step": 0, **run.heldout()})
+        for step in range(run.step + 1, recipe.trainer.total_steps + 1):
+            row = run.train_step(step)
+            if step == recipe.trainer.total_steps:
+                row.update(run.heldout())
+            run.log(row)
+            if step == recipe.trainer.total_steps or (recipe.trainer.save_every and step % recipe.trainer.save_every == 0):
+                run.save(step)
+        return run.summary()
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, resume: bool):
+        self.recipe, self.resume = recipe, resume
+        self.run_dir = Path(recipe.trainer.output_dir)
+        self.step = 0
+
+    # -- setup and teardown ------------------------------------------------------------------------
+    def __enter__(self) -> Trainer:
+        recipe, cfg = self.recipe, self.recipe.trainer
+        existing = checkpoint.latest(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir)
+        if not self.resume and (existing or self.metrics.rows()):
+            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
+                                  "trainer.output_dir to a new directory")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
+        # Fail on bad data or reward specs before anything expensive starts.
+        self.prompts = load_prompts(recipe.data.train, recipe.data.problem_key, recipe.data.answer_key, seed=cfg.seed)
+        self.heldout_prompts = (
+            load_prompts(recipe.data.heldout, recipe.data.problem_key, recipe.data.answer_key, recipe.data.heldout_size)
+            if recipe.data.heldout else []
+        )
+        self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
+        self.algorithm = algos.build(recipe.algorithm.name, **recipe.algorithm.options())
+        self.pool = RewardPool(recipe.reward.function, recipe.reward.num_workers, recipe.reward.timeout_s,
+                               recipe.reward.failure_score)
+        self.model_dir = resolve_model_path(recipe.model.path)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        start_ray(recipe)
+        self.workers = Workers.create(recipe, self.model_dir)
+        if self.resume and existing:
+            self._restore(existing)
+        self.workers.sync_weights()
+        self.bar = ProgressBar(cfg.total_steps, self.step, cfg.progress)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if hasattr(self, "bar"):
+            self.bar.close()
+        if hasattr(self, "workers"):
+            self.workers.shutdown()
+        if hasattr(self, "pool"):
+            self.pool.close()
+
+    # -- one step ----------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, Any]:
+        timer, r = PhaseTimer(), self.recipe.rollout
+        prompts = self.stream.next_batch()
+        plan = self.algorithm.rollout_plan(len(prompts), r.n)
+        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=_seed(self.recipe.trainer.seed, step))
+        with timer("generate"):
+            batch = self.generate(prompts, plan, sampling)
+        with timer("reward"):
+            errors = self.score(batch)
+        batch = self.algorithm.post_rollout(batch, self.generate, self.score)
+        batch.advantages = self.algorithm.advantages(batch)
+        learner = self.workers.learner
+        with timer("old_logprob"):
+            batch.old_logprobs = (ray.get(learner.logprobs.remote(batch))
+                                  if self.recipe.learner.recompute_old_logprobs else batch.rollout_logprobs)
+        with timer("ref"):
+            if self.algorithm.needs_reference:
+                batch.ref_logprobs = ray.get(learner.logprobs.remote(batch, True))
+        with timer("update"):
+            learner_metrics = ray.get(learner.update.remote(batch))
+        with timer("sync"):
+            self.workers.sync_weights()
+        row = {"step": step, **rollout_metrics(batch, errors), **learner_metrics, **timer.metrics()}
+        trained = batch.num_response_tokens * self.recipe.learner.epochs
+        row["tokens/generated"] = batch.num_response_tokens
+        row["tokens/trained"] = trained
+        row["throughput/tokens_per_s"] = batch.num_response_tokens / row["time/step"]
+        row["sync/bytes"] = self.workers.last_sync_bytes
+        row["memory/peak_bytes"] = max(ray.get([w.peak_memory.remote() for w in {self.workers.learner, *self.workers.rollouts}]))
+        return row
+
+    def generate(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams) -> RolloutBatch:
+        """``plan[i]`` samples of ``prompts[i]``, as one batch whose group ids index the prompts."""
+        tokens = [render(p, self.recipe.data.template, self.tokenizer) for p in prompts]
+        rows = [(i, p) for i, (p, k) in enumerate(zip(prompts, plan)) for _ in range(k)]
+        completions = self.workers.generate([tokens[i] for i, _ in rows], sampling)
+        return assemble_batch(rows, [tokens[i] for i, _ in rows], completions, self.tokenizer.pad_token_id)
+
+    def score(self, batch: RolloutBatch) -> int:
+        """Fill ``rewards``, ``reward_extras`` and ``correct``; returns the number of failed reward calls."""
+        requests = [RewardRequest(text, answer, fields) for text, answer, fields
+                    in zip(batch.response_text, batch.answer, batch.fields)]
+        results = self.pool.score(requests)
+        batch.rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
+        batch.reward_extras = [r.extras for r in results]
+        batch.correct = batch.rewards >= self.recipe.reward.correct_threshold
+        return sum(r.error is not None for r in results)
+
+    def heldout(self) -> dict[str, float]:
+        """Accuracy on the held-out prompts, graded by :func:`rlvr.rewards.grading.grade`: one sample per
+        problem at ``trainer.heldout_temperature`` (``heldout/accuracy``), and greedy when asked."""
+        if not self.heldout_prompts:
+            return {}
+        cfg = self.recipe.trainer
+        out = {"heldout/num_problems": len(self.heldout_prompts)}
+        temperatures = {"heldout/accuracy": cfg.heldout_temperature}
+        if cfg.heldout_greedy and cfg.heldout_temperature != 0:
+            temperatures["heldout/accuracy_greedy"] = 0.0
+        for key, temperature in temperatures.items():
+            sampling = SamplingParams(cfg.heldout_max_new_tokens or self.recipe.rollout.max_new_tokens, temperature,
+                                      self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=_seed(cfg.seed, -1))
+            batch = self.generate(self.heldout_prompts, [1] * len(self.heldout_prompts), sampling)
+            correct = [grade(text, answer) for text, answer in zip(batch.response_text, batch.answer)]
+            out[key] = sum(correct) / len(correct)
+        self.bar_write(f"held-out accuracy: {out['heldout/accuracy']:.1%} on {len(self.heldout_prompts)} problems "
+                       f"(one sample at temperature {cfg.heldout_temperature:g})"
+                       + (f", greedy {out['heldout/accuracy_greedy']:.1%}" if "heldout/accuracy_greedy" in out else ""))
+        return out
+
+    # -- records -----------------------------------------------------------------------------------
+    def log(self, row: dict[str, Any]) -> None:
+        self.metrics.append(row)
+        if row["step"] > 0:
+            self.bar.update(row)
+
+    def bar_write(self, message: str) -> None:
+        if hasattr(self, "bar"):
+            self.bar.write(message)
+        else:
+            log.info(message)
+
+    def save(self, step: int) -> None:
+        staging = checkpoint.staging_dir(self.run_dir, step)
+        ray.get(self.workers.learner.save.remote(str(staging)))
+        self.tokenizer.save_pretrained(staging)
+        torch.save(self.algorithm.state_dict(), staging / "algorithm_state.pt")
+        state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
+        checkpoint.commit(self.run_dir, step, staging, state, self.recipe.trainer.keep_checkpoints)
+
+    def _restore(self, path: Path) -> None:
+        state = checkpoint.read_state(path)
+        ray.get(self.workers.learner.load.remote(str(path)))
+        self.algorithm.load_state_dict(torch.load(path / "algorithm_state.pt", weights_only=False))
+        self.stream.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self.metrics.keep_until(self.step)
+        log.info("resumed from %s (step %d)", path, self.step)
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.metrics.rows()
+        heldout = [row["heldout/accuracy"] for row in rows if "heldout/accuracy" in row]
+        out = {"run_dir": str(self.run_dir), "steps": rows[-1]["step"] if rows else 0}
+        if len(heldout) >= 2:
+            out["heldout_before"], out["heldout_after"] = heldout[0], heldout[-1]
+            self.bar_write(f"held-out accuracy: {heldout[0]:.1%} before -> {heldout[-1]:.1%} after "
+                           f"({out['steps']} steps); run directory {self.run_dir}")
+        return out
+
+
+def assemble_batch(rows: list[tuple[int, Prompt]], prompt_tokens: list[list[int]],
+                   completions: list[Completion], pad_id: int) -> RolloutBatch:
+    """Pad prompts left and responses right into a :class:`RolloutBatch`; ``rows[j] = (group, prompt)``."""
+    n = len(rows)
+    p_width = max(len(t) for t in prompt_tokens)
+    t_width = max(1, max(len(c.tokens) for c in completions))
+    prompt = torch.full((n, p_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((n, p_width), dtype=torch.long)
+    response = torch.full((n, t_width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((n, t_width))
+    logprobs = torch.zeros((n, t_width))
+    for j, (tokens, c) in enumerate(zip(prompt_tokens, completions)):
+        prompt[j, p_width - len(tokens):] = torch.tensor(tokens)
+        prompt_mask[j, p_width - len(tokens):] = 1
+        response[j, : len(c.tokens)] = torch.tensor(c.tokens, dtype=torch.long)
+        response_mask[j, : len(c.tokens)] = 1.0
+        logprobs[j, : len(c.tokens)] = torch.tensor(c.logprobs)
+    return RolloutBatch(
+        prompt_id=[p.id for _, p in rows],
+        group=torch.tensor([g for g, _ in rows], dtype=torch.long),
+        prompt_tokens=prompt, prompt_mask=prompt_mask,
+        response_tokens=response, response_mask=response_mask, rollout_logprobs=logprobs,
+        answer=[p.answer for _, p in rows],
+        response_text=[c.text for c in completions],
+        finished=torch.tensor([c.finish_reason == "stop" for c in completions]),
+        fields=[p.fields for _, p in rows],
+    )
+
+
+def rollout_metrics(batch: RolloutBatch, errors: int) -> dict[str, float]:
+    lengths = batch.response_mask.sum(1)
+    return {
+        "reward/mean": batch.rewards.mean().item(),
+        "reward/std": batch.rewards.std().item() if len(batch) > 1 else 0.0,
+        "reward/accuracy": batch.correct.float().mean().item(),
+        "reward/errors": errors,
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/truncated_frac": (~batch.finished).float().mean().item(),
+        "rollout/num_rows": len(batch),
+    }
+
+
+def _seed(seed: int, step: int) -> int:
+    """The sampling seed of a step: a pure function of (trainer.seed, step), so resumes replay exactly."""
+    return (seed * 1_000_003 + step * 7919 + 12345) % (2**31)

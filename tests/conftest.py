@@ -1,0 +1,57 @@
+"""Shared fixtures: a quickly warm-started tiny model and one private Ray instance per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A private model cache, so tests never read (or pollute) the user's ~/.cache/rlvr."""
+    path = tmp_path_factory.mktemp("rlvr-cache")
+    os.environ["RLVR_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(cache_dir) -> str:
+    """The real tiny model with a short warm start (enough for a non-zero reward, quick to build)."""
+    from rlvr.models.tiny import TinySpec, ensure_tiny_model
+
+    return str(ensure_tiny_model(TinySpec(warmup_steps=120)))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_overrides(model_dir: str, output_dir: Path, **extra: object) -> list[str]:
+    """Overrides that make the tiny recipe a few-second run: few prompts, few steps, a small held-out set."""
+    values = {
+        "model.path": model_dir,
+        "trainer.output_dir": str(output_dir),
+        "trainer.total_steps": 2,
+        "trainer.progress": False,
+        "data.batch_size": 8,
+        "data.heldout_size": 32,
+        "rollout.n": 4,
+        "placement.num_threads": 1,
+        "placement.object_store_mb": 256,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]

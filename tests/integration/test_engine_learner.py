@@ -1,0 +1,67 @@
+"""The Hugging Face engine and the torch learner on the real tiny model, in-process."""
+
+import torch
+
+from rlvr import algos
+from rlvr.config import build_recipe
+from rlvr.data.prompts import load_prompts, render
+from rlvr.learner.torch import TorchLearner
+from rlvr.models.loading import load_tokenizer
+from rlvr.rollout.engine import SamplingParams
+from rlvr.rollout.hf import HFEngine
+from rlvr.trainer import assemble_batch
+
+
+def _setup(model_dir, **overrides):
+    recipe = build_recipe({}, [f"model.path={model_dir}", "learner.lr=1e-3",
+                               *[f"{k}={v}" for k, v in overrides.items()]])
+    learner = TorchLearner(recipe, model_dir, algos.build("grpo"))
+    tokenizer = load_tokenizer(model_dir)
+    return recipe, learner, tokenizer, HFEngine(learner.model, tokenizer, batch_size=16)
+
+
+def _batch(tokenizer, engine, sampling, count=12, n=4):
+    prompts = load_prompts("tiny:train", limit=count)
+    rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+    tokens = [render(p, "plain", tokenizer) for _, p in rows]
+    completions = engine.generate(tokens, sampling)
+    return assemble_batch(rows, tokens, completions, tokenizer.pad_token_id), completions
+
+
+def test_generation_is_seeded_stops_on_eos_and_logprobs_match_the_learner(tiny_model_dir):
+    torch.set_num_threads(1)
+    _, learner, tokenizer, engine = _setup(tiny_model_dir)
+    sampling = SamplingParams(max_new_tokens=8, temperature=1.0, seed=5)
+    batch, completions = _batch(tokenizer, engine, sampling)
+    again, _ = _batch(tokenizer, engine, sampling)
+    assert torch.equal(batch.response_tokens, again.response_tokens)
+    for c in completions:
+        assert len(c.tokens) == len(c.logprobs) > 0
+        assert (c.finish_reason == "stop") == (c.tokens[-1] == tokenizer.eos_token_id)
+        assert tokenizer.eos_token_id not in c.tokens[:-1]
+    assert any(c.finish_reason == "stop" for c in completions)
+    # The learner's recomputation (chunked kernel, response positions only) equals the sampler's.
+    recomputed = learner.logprobs(batch)
+    mask = batch.response_mask.bool()
+    assert torch.allclose(recomputed[mask], batch.rollout_logprobs[mask], atol=1e-4)
+    assert (recomputed[~mask] == 0).all()
+
+
+def test_update_moves_logprobs_in_the_direction_of_the_advantage(tiny_model_dir):
+    torch.manual_seed(0)
+    _, learner, tokenizer, engine = _setup(tiny_model_dir)
+    batch, _ = _batch(tokenizer, engine, SamplingParams(max_new_tokens=8, seed=1), count=16, n=1)
+    n = len(batch)
+    batch.rewards = torch.tensor([1.0, 0.0] * (n // 2))
+    batch.advantages = torch.tensor([1.0, -1.0] * (n // 2))
+    batch.old_logprobs = learner.logprobs(batch)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    metrics = learner.update(batch)
+    after = learner.logprobs(batch)
+    assert any(not torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
+    change = ((after - batch.old_logprobs) * batch.response_mask).sum(1)
+    # One gradient step raises the advantage-weighted log-likelihood, and most rows move its way.
+    assert (batch.advantages * change).sum() > 0
+    assert (torch.sign(change) == batch.advantages).float().mean() > 0.6
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/clip_frac", "actor/lr"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key

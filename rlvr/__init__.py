@@ -1,3 +1,27 @@
-"""rlvr: reinforcement-learning post-training of LLMs with verifiable rewards."""
+"""rlvr: reinforcement-learning post-training of LLMs with verifiable rewards.
+
+    import rlvr
+    summary = rlvr.train("recipes/tiny/grpo.yaml", ["learner.lr=5e-5"])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlvr.config import Recipe, RecipeError, build_recipe, load_recipe
 
 __version__ = "0.1.0"
+__all__ = ["Recipe", "RecipeError", "build_recipe", "load_recipe", "train"]
+
+
+def train(recipe: Recipe | str | os.PathLike, overrides: list[str] = (), resume: bool = False) -> dict[str, Any]:
+    """Train a recipe (a :class:`Recipe`, or a YAML path plus ``key=value`` overrides); returns a summary
+    with the run directory and the held-out accuracy before and after."""
+    from rlvr.trainer import train as run
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, list(overrides))
+    elif overrides:
+        recipe = build_recipe(recipe.model_dump(mode="json"), list(overrides))
+    return run(recipe, resume=resume)

@@ -57,7 +57,7 @@ class TinySpec:
     # The fraction of warm-start answers followed by a few junk characters before EOS. The warm-started
     # model imitates this sloppiness: sampled at temperature 1 it often rambles past a right answer (which
     # then grades wrong), as base models fail to stop; RL's first gains are learning to stop.
-    warmup_ramble: float = 0.35
+    warmup_ramble: float = 0.5
     warmup_label_smoothing: float = 0.0
     seed: int = 1234
     version: int = 1

@@ -65,3 +65,18 @@ def test_update_moves_logprobs_in_the_direction_of_the_advantage(tiny_model_dir)
     assert (torch.sign(change) == batch.advantages).float().mean() > 0.6
     for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "actor/clip_frac", "actor/lr"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
+
+
+def test_bf16_parameters_train_too(tiny_model_dir):
+    torch.manual_seed(0)
+    _, learner, tokenizer, engine = _setup(tiny_model_dir, **{"model.dtype": "bfloat16"})
+    assert next(learner.model.parameters()).dtype == torch.bfloat16
+    batch, _ = _batch(tokenizer, engine, SamplingParams(max_new_tokens=8, seed=2), count=16, n=1)
+    batch.advantages = torch.tensor([1.0, -1.0] * (len(batch) // 2))
+    batch.old_logprobs = learner.logprobs(batch)
+    mask = batch.response_mask.bool()
+    assert (batch.old_logprobs[mask] - batch.rollout_logprobs[mask]).abs().max() < 0.1  # bf16 forward noise
+    metrics = learner.update(batch)
+    assert torch.isfinite(torch.tensor(metrics["actor/grad_norm"])) and metrics["actor/skipped_steps"] == 0
+    change = ((learner.logprobs(batch) - batch.old_logprobs) * batch.response_mask).sum(1)
+    assert (batch.advantages * change).sum() > 0

@@ -19,7 +19,7 @@ from torch import Tensor
 from rlvr.algos.base import Algorithm, LossInputs
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
-from rlvr.kernels import token_logprobs
+from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
 
 
@@ -47,22 +47,8 @@ class TorchLearner:
     # -- forward -----------------------------------------------------------------------------------
     def _forward(self, model, batch: RolloutBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         """Log-probs (and entropies) [n,T] of the response tokens under ``model``; zero where masked."""
-        ids, attention, positions = batch.input_ids()
-        hidden = model.base_model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
-        prompt_width = batch.prompt_tokens.shape[1]
-        width = batch.response_tokens.shape[1]
-        # The hidden state at position p predicts token p+1: responses are predicted from P-1 .. P+T-2.
-        hidden = hidden[:, prompt_width - 1 : prompt_width - 1 + width]
-        valid = batch.response_mask.bool()
-        weight = model.get_output_embeddings().weight
-        logp_flat, entropy_flat = token_logprobs(
-            hidden[valid], weight, batch.response_tokens[valid], self.temperature, return_entropy=with_entropy
-        )
-        logp = torch.zeros(valid.shape, dtype=logp_flat.dtype).masked_scatter(valid, logp_flat)
-        entropy = None
-        if entropy_flat is not None:
-            entropy = torch.zeros(valid.shape, dtype=entropy_flat.dtype).masked_scatter(valid, entropy_flat)
-        return logp, entropy
+        return response_logprobs(model, batch.prompt_tokens, batch.prompt_mask, batch.response_tokens,
+                                 batch.response_mask, self.temperature, with_entropy)
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> Tensor:  # [N,T]

@@ -2,6 +2,9 @@
 
 In colocated placement it samples with the learner's own module (no copy); in split placement it owns a
 copy and receives weights as numpy arrays (:meth:`HFEngine.load_weights`).
+
+Log-probs are those of the temperature-scaled distribution before top-p/top-k truncation (as vLLM's
+default ``raw_logprobs``), recomputed after generation in one parallel forward pass.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlvr.models.forward import response_logprobs
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.weights import load_named_arrays
 
@@ -41,9 +45,10 @@ class HFEngine:
         greedy = sampling.temperature == 0
         was_training = self.model.training
         self.model.eval()
-        result = self.model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+        ids, mask = ids.to(device), mask.to(device)
+        sequences = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
             max_new_tokens=sampling.max_new_tokens,
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
@@ -51,21 +56,23 @@ class HFEngine:
             top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
-            output_logits=True,
-            return_dict_in_generate=True,
         )
+        tokens = sequences[:, width:]
+        # Each response ends at its first EOS (kept: the policy learns to stop); after it, padding.
+        is_eos = tokens == self.eos_id
+        response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0
+        # Log-probs in one parallel pass rather than from generate's per-step logits, which would hold
+        # [batch x steps x vocab] floats (hundreds of GB for a 150k vocabulary at 4k tokens).
+        logprobs, _ = response_logprobs(self.model, ids, mask, tokens, response_mask,
+                                        1.0 if greedy else sampling.temperature)
         self.model.train(was_training)
-        tokens = result.sequences[:, width:].cpu()
-        logits = torch.stack(result.logits, dim=1).float().cpu()  # [B,T,V], raw (before processors)
-        scale = 1.0 if greedy else sampling.temperature
-        logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         completions = []
-        for row, row_logprobs in zip(tokens.tolist(), logprobs.tolist()):
-            length = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
-            finish = "stop" if self.eos_id in row else "length"
+        for row, row_logprobs, finished in zip(tokens.tolist(), logprobs.float().cpu().tolist(),
+                                               is_eos.any(1).tolist()):
+            length = row.index(self.eos_id) + 1 if finished else len(row)
             response = row[:length]
             text = self.tokenizer.decode(response, skip_special_tokens=True)
-            completions.append(Completion(response, row_logprobs[:length], text, finish))
+            completions.append(Completion(response, row_logprobs[:length], text, "stop" if finished else "length"))
         return completions
 
     def load_weights(self, named_arrays: dict[str, np.ndarray]) -> None:

@@ -17,7 +17,7 @@ def _setup(model_dir, **overrides):
                                *[f"{k}={v}" for k, v in overrides.items()]])
     learner = TorchLearner(recipe, model_dir, algos.build("grpo"))
     tokenizer = load_tokenizer(model_dir)
-    return recipe, learner, tokenizer, HFEngine(learner.model, tokenizer, batch_size=16)
+    return recipe, learner, tokenizer, HFEngine(learner.model, tokenizer, batch_size=64)
 
 
 def _batch(tokenizer, engine, sampling, count=12, n=4):
@@ -40,9 +40,20 @@ def test_generation_is_seeded_stops_on_eos_and_logprobs_match_the_learner(tiny_m
         assert (c.finish_reason == "stop") == (c.tokens[-1] == tokenizer.eos_token_id)
         assert tokenizer.eos_token_id not in c.tokens[:-1]
     assert any(c.finish_reason == "stop" for c in completions)
+    mask = batch.response_mask.bool()
+    # The engine's log-probs equal those of the distributions generate sampled from (its own logits).
+    torch.manual_seed(sampling.seed)
+    reference = learner.model.generate(
+        input_ids=batch.prompt_tokens, attention_mask=batch.prompt_mask, max_new_tokens=8, do_sample=True,
+        temperature=1.0, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, output_logits=True, return_dict_in_generate=True)
+    sampled = reference.sequences[:, batch.prompt_tokens.shape[1]:][:, : mask.shape[1]]
+    assert torch.equal(sampled[mask], batch.response_tokens[mask])
+    logits = torch.stack(reference.logits, dim=1)[:, : mask.shape[1]]
+    expected = torch.log_softmax(logits.float(), -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(batch.rollout_logprobs[mask], expected[mask], atol=1e-4)
     # The learner's recomputation (chunked kernel, response positions only) equals the sampler's.
     recomputed = learner.logprobs(batch)
-    mask = batch.response_mask.bool()
     assert torch.allclose(recomputed[mask], batch.rollout_logprobs[mask], atol=1e-4)
     assert (recomputed[~mask] == 0).all()
 

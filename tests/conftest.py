@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = REPO.parent / "shared" / "data"  # the project's data sets, beside the clone (never copied in)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,7 @@ def tiny_overrides(model_dir: str, output_dir: Path, **extra: object) -> list[st
         "rollout.n": 4,
         "placement.num_threads": 1,
         "placement.object_store_mb": 256,
+        "reward.function": "tests.rewards_for_tests:by_length",
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,7 @@
+"""Rewards for tests: deterministic and spread out within a group, so every step has a real gradient
+even on the barely warm-started test model (whose math accuracy is near zero)."""
+
+
+def by_length(completion: str, answer: str, **fields) -> float:
+    """Shorter responses score higher: 1 / (1 + characters)."""
+    return 1.0 / (1.0 + len(completion))

@@ -76,6 +76,8 @@ class Trainer:
         self.workers = Workers.create(recipe, self.model_dir)
         if self.resume and existing:
             self._restore(existing)
+        elif self.resume:  # killed before its first checkpoint: start over rather than append to it
+            self.metrics.keep_until(-1)
         self.workers.sync_weights()
         self.bar = ProgressBar(cfg.total_steps, self.step, cfg.progress)
         return self

@@ -7,6 +7,7 @@ papers leave a choice open).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -161,3 +162,218 @@ def kl_penalty(
         k2 = 0.5 * d.square()
         return k2 + (k3 - k2).detach()
     raise ValueError(f"KL estimator {kind!r} is unknown; use 'k1', 'k2', 'k3' or 'k3+'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DCPO, forking tokens, A*-PO, COPO (ALGORITHMS.md sections 2, 7, 6, 5)
+
+CopoMode = Literal[
+    "soft with zero", "soft with forced", "only soft", "only zero", "only forced", "only global", "no global"
+]
+COPO_MODES: tuple[str, ...] = CopoMode.__args__  # type: ignore[attr-defined]
+
+
+def dcpo_ratio_bounds(
+    old_logp: Tensor,  # [N,T]
+    eps_low: float,
+    eps_high: float,
+    cap: float | None = 10.0,
+) -> tuple[Tensor, Tensor]:  # low [N,T], high [N,T]
+    """DCPO dynamic-adaptive clipping (DAC) bounds on the ratio ``r`` (ALGORITHMS.md 2.1(a)).
+
+    DCPO bounds ``|(r - 1) p| <= eps`` with ``p = r q`` the new probability and ``q = exp(old_logp)`` the
+    old probability of the sampled token, instead of PPO's ``|r - 1| <= eps``. Solving the quadratics:
+
+        r_low(q)  = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / q, 0))
+        r_high(q) = min(1/2 + 1/2 sqrt(1 + 4 eps_high / q), cap)
+
+    so ``(r_high - 1) r_high q = eps_high`` exactly (before the cap), and ``(1 - r_low) r_low q = eps_low``
+    while ``q > 4 eps_low`` (below that ``r_low = 0.5``). Compared with fixed bounds
+    ``[1 - eps_low, 1 + eps_high]``: rare tokens get a much wider upper bound (q=0.01, eps_high=0.2 ->
+    5.0), likely ones a slightly tighter one (q=1 -> 1.171); the lower bound is never tighter than
+    ``(1 + sqrt(1 - 4 eps_low)) / 2`` (0.724 for eps_low=0.2, below 0.8) and is 0.5 once ``q <= 4 eps_low``.
+    Output dtype follows ``old_logp`` (computed in float64).
+    Feed the result to :func:`clipped_pg_terms` as ``1 - low`` and ``high - 1`` with ``dual_clip=10``.
+
+    Authors' code (lime-RL/DCPO ``core_algos.get_clip_low_high``, which names its argument
+    ``ref_logprob`` but receives the old log-prob) clamps ``r_high <= max(clip_ratio_c, 10)``; ``cap``
+    is that value (10 with the recipe's ``clip_ratio_c=10``); the paper has no cap: pass ``cap=None``.
+    Departure from the code: a token with ``q == 0`` (old log-prob -inf or underflowed) gets the limits
+    ``r_low = 0.5`` and ``r_high = cap``; the code's ``where(q != 0, ...)`` gives it ``r_low = 1``.
+    """
+    if eps_low < 0 or eps_low >= 1:
+        raise ValueError(f"dcpo eps_low must be in [0, 1), got {eps_low} (the recipe uses 0.2)")
+    if eps_high < 0:
+        raise ValueError(f"dcpo eps_high must be >= 0, got {eps_high} (the recipe uses 0.28)")
+    if cap is not None and not cap > 1.0:
+        raise ValueError(f"dcpo cap on the upper ratio bound must be > 1 or None, got {cap} (code: 10)")
+    inv_q = torch.exp(-old_logp.to(torch.float64))  # 1/q; inf when q underflows, which the formulas absorb
+    low = 0.5 + 0.5 * torch.sqrt(torch.clamp(1.0 - 4.0 * eps_low * inv_q, min=0.0))
+    high = 0.5 + 0.5 * torch.sqrt(1.0 + 4.0 * eps_high * inv_q)
+    if cap is not None:
+        high = torch.clamp(high, max=cap)
+    dtype = old_logp.dtype if old_logp.is_floating_point() else torch.float32
+    return low.to(dtype), high.to(dtype)
+
+
+def forking_token_mask(
+    entropy: Tensor,  # [N,T]
+    mask: Tensor,  # [N,T]
+    rho: float,
+) -> Tensor:  # [N,T] bool
+    """Keep the top-``rho`` fraction of valid tokens by entropy ("Beyond the 80/20 Rule", ALGORITHMS.md 7.1).
+
+    Authors' code (Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR ``get_global_entropy_top_mask``): over all
+    valid tokens of the tensor passed in (the code passes the per-GPU micro-batch; the paper says the
+    batch, so the scope is the caller's choice of rows), keep exactly ``k = max(1, int(n rho + 0.9999))``
+    (a ceil that forgives float noise) tokens, by top-k. Ties at the threshold are broken towards the
+    earlier position in row-major order (``torch.topk`` leaves them unspecified); TRL instead keeps every
+    token ``>= quantile(1 - rho)``, which can keep more than ``k``. Masked tokens are never selected;
+    no valid tokens gives an all-False mask; ``rho = 1`` returns the valid mask. How the loss is then
+    normalised (kept tokens in the code, all tokens in TRL) is :func:`aggregate`'s business.
+    """
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"forking-token rho must be in (0, 1], got {rho} (the paper's default is 0.2)")
+    if entropy.shape != mask.shape:
+        raise ValueError(f"entropy shape {tuple(entropy.shape)} differs from mask shape {tuple(mask.shape)}")
+    valid = mask.bool()
+    flat_valid = valid.flatten()
+    n = int(flat_valid.sum())
+    out = torch.zeros_like(flat_valid)
+    if n == 0:
+        return out.view_as(valid)
+    k = max(1, int(n * rho + 0.9999))
+    positions = flat_valid.nonzero(as_tuple=True)[0]
+    order = torch.sort(entropy.flatten()[positions], descending=True, stable=True).indices
+    out[positions[order[:k]]] = True
+    return out.view_as(valid)
+
+
+def astar_values(
+    ref_rewards: Tensor,  # [P,n]
+    beta1: float,
+) -> Tensor:  # [P]
+    """A*-PO stage-1 estimate ``V*(x) = beta1 log((1/n) sum_j exp(r_j / beta1))`` (ALGORITHMS.md 6.1).
+
+    ``ref_rewards[p, j]`` is the reward of the j-th of n samples from ``pi_ref`` for prompt p (code:
+    dataset columns ``eval_0..eval_{n-1}``, n=8, beta1=0.5). Computed as
+    ``beta1 (logsumexp(r / beta1) - log n)`` in float64, so small beta1 does not overflow; as
+    ``beta1 -> 0+`` the value tends to ``max_j r_j``. Authors' code (ZhaolinGao/A-PO
+    ``RLHFDataset._process_values``) special-cases ``beta1 == 0`` to the plain mean (not the max limit)
+    and ``beta1 < 0`` to ``V* = 0`` (no baseline); both are kept here.
+    """
+    if ref_rewards.dim() != 2 or ref_rewards.shape[1] == 0:
+        raise ValueError(
+            f"ref_rewards must be [prompts, samples] with at least one sample, got shape {tuple(ref_rewards.shape)}"
+        )
+    rewards = ref_rewards.to(torch.float64)
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("ref_rewards holds NaN or inf; every offline sample needs a finite reward")
+    if beta1 < 0:
+        values = torch.zeros(rewards.shape[0], dtype=torch.float64)
+    elif beta1 == 0:
+        values = rewards.mean(dim=1)
+    else:
+        values = beta1 * (torch.logsumexp(rewards / beta1, dim=1) - math.log(rewards.shape[1]))
+    return values.to(torch.float32)
+
+
+def astar_loss(
+    logp: Tensor,  # [N,T]
+    ref_logp: Tensor,  # [N,T]
+    mask: Tensor,  # [N,T]
+    rewards: Tensor,  # [N]
+    values: Tensor,  # [N], V*(x) of each row's prompt
+    beta2: float,
+) -> Tensor:  # scalar
+    """A*-PO stage-2 least-squares loss (ALGORITHMS.md 6.1):
+
+        (1/N) sum_i ( beta2 * sum_t M_{i,t} (logp - ref_logp)_{i,t} - (r_i - V*(x_i)) )^2
+
+    i.e. regress the sequence log-ratio to ``pi_ref`` onto the optimal advantage; no ``pi_old`` ratio, no
+    clip, no separate KL. Authors' code (ZhaolinGao/A-PO ``apo/core_algos.compute_policy_loss``, default
+    beta2 = 1e-3) also subtracts ``0.001 * token-mean entropy``; that bonus is not part of the loss as
+    presented and is left to the entropy regulariser.
+    """
+    if not beta2 > 0:
+        raise ValueError(f"A*-PO beta2 must be > 0, got {beta2} (the authors use 1e-3)")
+    if logp.shape != ref_logp.shape or logp.shape != mask.shape:
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, ref_logp {tuple(ref_logp.shape)} and mask {tuple(mask.shape)} must match"
+        )
+    rows = logp.shape[0]
+    if rewards.shape != (rows,) or values.shape != (rows,):
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and values {tuple(values.shape)} must both be [{rows}] (one per row)"
+        )
+    seq_log_ratio = ((logp - ref_logp) * mask.to(logp.dtype)).sum(-1)
+    residual = beta2 * seq_log_ratio - (rewards.to(logp.dtype) - values.to(logp.dtype))
+    return residual.square().mean()
+
+
+def copo_advantages(
+    rewards: Tensor,  # [N]
+    group: Tensor,  # [N] int, rows of one prompt share a value
+    answers: list[str],  # [N] extracted final answers
+    k: float = 5.0,
+    b: float = 1.0,
+    mode: CopoMode = "soft with zero",
+) -> tuple[Tensor, Tensor, Tensor]:  # local [N], global [N], weight [N]
+    """COPO's local and global advantages and the per-row weight on the local term (ALGORITHMS.md 5.1).
+
+    * ``local``: GRPO, ``(r_i - mean_g r) / (std_g r + 1e-6)`` (:func:`group_advantages`).
+    * ``global``: ``R_glob(q) = mean_g r`` (group accuracy), standardised across the *prompts* of the batch
+      (each prompt once, whatever its group size): ``(R_glob - mean_q R_glob) / (std_q R_glob + 1e-6)``,
+      unbiased std, broadcast to the prompt's rows. One prompt, or equal ``R_glob`` everywhere, gives 0
+      (the code's ``torch.std`` of one value is NaN).
+    * ``weight`` ``w~``: with answer entropy ``H(q) = -sum_a p_a log2 p_a`` (exact string match) and
+      ``w(q) = sigmoid(k (H(q) - b))``: ``'soft with zero'`` ``w * 1[r_i != 0]`` (the released scripts),
+      ``'soft with forced'`` ``w * 1[A_loc,i != 0]``, ``'only soft'`` ``w``, ``'only zero'`` ``1[r_i != 0]``,
+      ``'only forced'`` ``1[A_loc,i != 0]``, ``'only global'`` 0, ``'no global'`` 1 (plain GRPO).
+
+    The per-token loss is then ``(1 - w~) l_clip(global) + w~ l_clip(local)`` with the dual clip c=3.
+    Authors' code (hijih/copo-code ``compute_grpo_outcome_advantage_with_global``,
+    ``compute_policy_loss_with_global``) takes only the spaced mode names and raises on ``run_copo.sh``'s
+    ``soft-with-zero``; hyphenated names are accepted here as the same modes. The code's
+    ``log2(p + 1e-8)`` is computed exactly here, and its consistency coefficient
+    ``R_glob *= 1 - lambda H`` (``reward_coef_flg``) is not implemented: it is off in every released
+    script. Defaults k=5, b=1 are ``run_copo.sh``'s (the code's function defaults are k=1, b=0.5).
+    """
+    mode = mode.replace("-", " ")  # type: ignore[assignment]
+    if mode not in COPO_MODES:
+        raise ValueError(f"COPO mode {mode!r} is unknown; use one of {', '.join(repr(m) for m in COPO_MODES)}")
+    rows = rewards.shape[0]
+    if rewards.dim() != 1 or group.shape != (rows,) or len(answers) != rows:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, group {tuple(group.shape)} and answers (length {len(answers)}) "
+            "must all have one entry per row"
+        )
+    rewards = rewards.to(torch.float32)
+    local = group_advantages(rewards, group, "group", eps=1e-6)
+    _, index = torch.unique(group, return_inverse=True)
+    num_groups = int(index.max()) + 1 if rows else 0
+    count = torch.zeros(num_groups).index_add_(0, index, torch.ones_like(rewards))
+    accuracy = torch.zeros(num_groups).index_add_(0, index, rewards) / count
+    if num_groups > 1:
+        centred = accuracy - accuracy.mean()
+        glob = _safe_divide(centred, accuracy.std() + 1e-6)[index]
+    else:
+        glob = torch.zeros_like(rewards)
+    entropy = torch.zeros(num_groups)
+    for g in range(num_groups):
+        members = [answers[i] for i in (index == g).nonzero(as_tuple=True)[0].tolist()]
+        probs = torch.tensor([members.count(a) for a in dict.fromkeys(members)], dtype=torch.float64) / len(members)
+        entropy[g] = float(-(probs * torch.log2(probs)).sum())
+    soft = torch.sigmoid(k * (entropy[index] - b))
+    nonzero_reward = (rewards != 0).to(torch.float32)
+    nonzero_local = (local != 0).to(torch.float32)
+    weight = {
+        "soft with zero": lambda: soft * nonzero_reward,
+        "soft with forced": lambda: soft * nonzero_local,
+        "only soft": lambda: soft,
+        "only zero": lambda: nonzero_reward,
+        "only forced": lambda: nonzero_local,
+        "only global": lambda: torch.zeros_like(rewards),
+        "no global": lambda: torch.ones_like(rewards),
+    }[mode]()
+    return local, glob, weight

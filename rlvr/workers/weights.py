@@ -7,6 +7,7 @@ bf16 has no numpy dtype, so it travels as int16 bits and is viewed back on arriv
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ def load_named_arrays(module: torch.nn.Module, arrays: dict[str, np.ndarray]) ->
         name = key.removesuffix(_BF16_SUFFIX)
         if name not in state:
             raise KeyError(f"weight {name!r} does not exist in the rollout model")
-        tensor = torch.from_numpy(np.asarray(array))
+        with warnings.catch_warnings():  # object-store arrays are read-only; we only copy out of them
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(np.asarray(array))
         if key.endswith(_BF16_SUFFIX):
             tensor = tensor.view(torch.bfloat16)
         with torch.no_grad():

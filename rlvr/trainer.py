@@ -95,7 +95,8 @@ class Trainer:
         timer, r = PhaseTimer(), self.recipe.rollout
         prompts = self.stream.next_batch()
         plan = self.algorithm.rollout_plan(len(prompts), r.n)
-        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=_seed(self.recipe.trainer.seed, step))
+        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=_seed(self.recipe.trainer.seed, step),
+                                  logprobs=not self.recipe.learner.recompute_old_logprobs)
         with timer("generate"):
             batch = self.generate(prompts, plan, sampling)
         with timer("reward"):
@@ -151,7 +152,8 @@ class Trainer:
             temperatures["heldout/accuracy_greedy"] = 0.0
         for key, temperature in temperatures.items():
             sampling = SamplingParams(cfg.heldout_max_new_tokens or self.recipe.rollout.max_new_tokens, temperature,
-                                      self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=_seed(cfg.seed, -1))
+                                      self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=_seed(cfg.seed, -1),
+                                      logprobs=False)
             batch = self.generate(self.heldout_prompts, [1] * len(self.heldout_prompts), sampling)
             correct = [grade(text, answer) for text, answer in zip(batch.response_text, batch.answer)]
             out[key] = sum(correct) / len(correct)
@@ -216,7 +218,8 @@ def assemble_batch(rows: list[tuple[int, Prompt]], prompt_tokens: list[list[int]
         prompt_mask[j, p_width - len(tokens):] = 1
         response[j, : len(c.tokens)] = torch.tensor(c.tokens, dtype=torch.long)
         response_mask[j, : len(c.tokens)] = 1.0
-        logprobs[j, : len(c.tokens)] = torch.tensor(c.logprobs)
+        # NaN where the engine returned none (none were asked for), so a misuse cannot pass as data.
+        logprobs[j, : len(c.tokens)] = torch.tensor(c.logprobs) if c.logprobs else torch.nan
     return RolloutBatch(
         prompt_id=[p.id for _, p in rows],
         group=torch.tensor([g for g, _ in rows], dtype=torch.long),

@@ -21,12 +21,13 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     seed: int = 0
+    logprobs: bool = True  # False: the caller does not need them (engines that pay for them may skip)
 
 
 @dataclass
 class Completion:
     tokens: list[int]  # the response, including EOS when it stopped
-    logprobs: list[float]  # one per token
+    logprobs: list[float]  # one per token; empty when the request asked for none
     text: str  # decoded response without special tokens
     finish_reason: Literal["stop", "length"]
 

@@ -63,12 +63,14 @@ class HFEngine:
         response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0
         # Log-probs in one parallel pass rather than from generate's per-step logits, which would hold
         # [batch x steps x vocab] floats (hundreds of GB for a 150k vocabulary at 4k tokens).
-        logprobs, _ = response_logprobs(self.model, ids, mask, tokens, response_mask,
-                                        1.0 if greedy else sampling.temperature)
+        rows_logprobs = [[] for _ in requests]
+        if sampling.logprobs:
+            logprobs, _ = response_logprobs(self.model, ids, mask, tokens, response_mask,
+                                            1.0 if greedy else sampling.temperature)
+            rows_logprobs = logprobs.float().cpu().tolist()
         self.model.train(was_training)
         completions = []
-        for row, row_logprobs, finished in zip(tokens.tolist(), logprobs.float().cpu().tolist(),
-                                               is_eos.any(1).tolist()):
+        for row, row_logprobs, finished in zip(tokens.tolist(), rows_logprobs, is_eos.any(1).tolist()):
             length = row.index(self.eos_id) + 1 if finished else len(row)
             response = row[:length]
             text = self.tokenizer.decode(response, skip_special_tokens=True)

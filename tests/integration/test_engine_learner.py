@@ -91,3 +91,15 @@ def test_bf16_parameters_train_too(tiny_model_dir):
     assert torch.isfinite(torch.tensor(metrics["actor/grad_norm"])) and metrics["actor/skipped_steps"] == 0
     change = ((learner.logprobs(batch) - batch.old_logprobs) * batch.response_mask).sum(1)
     assert (batch.advantages * change).sum() > 0
+
+
+def test_logprobs_are_skipped_when_not_asked_for(tiny_model_dir):
+    _, _, tokenizer, engine = _setup(tiny_model_dir)
+    asked = SamplingParams(max_new_tokens=8, seed=3)
+    with_logprobs, _ = _batch(tokenizer, engine, asked, count=4, n=2)
+    without, completions = _batch(tokenizer, engine, SamplingParams(max_new_tokens=8, seed=3, logprobs=False),
+                                  count=4, n=2)
+    assert torch.equal(with_logprobs.response_tokens, without.response_tokens)  # same samples either way
+    assert all(c.logprobs == [] for c in completions)
+    mask = without.response_mask.bool()
+    assert without.rollout_logprobs[mask].isnan().all() and (without.rollout_logprobs[~mask] == 0).all()

@@ -70,3 +70,14 @@ def test_run_directory_holds_config_metrics_and_an_hf_checkpoint(tiny_model_dir,
     assert model.config.model_type == "llama"
     with pytest.raises(FileExistsError, match="--resume"):
         train(recipe)  # never silently overwrite a run
+
+
+def test_rollout_logprobs_can_stand_in_for_the_recomputed_ones(tiny_model_dir, ray_session, tmp_path):
+    recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{"learner.recompute_old_logprobs": False}))
+    train(recipe)
+    rows = _rows(tmp_path)[1:]
+    for row in rows:
+        assert row["time/old_logprob"] < 0.01  # nothing recomputed
+        # Step 1 samples with the weights it trains, so the ratio to the sampler is 1 up to float noise.
+        assert row["actor/pg_loss"] == row["actor/pg_loss"]  # not NaN
+    assert rows[0]["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-4)

@@ -33,6 +33,8 @@ class RolloutBatch:
     advantages: Tensor | None = None  # [N] or [N,T]
     old_logprobs: Tensor | None = None  # [N,T]
     ref_logprobs: Tensor | None = None  # [N,T]
+    algo_fields: dict[str, Tensor] = field(default_factory=dict)  # per-row [N] or [N,T] tensors an
+    # algorithm computes on the driver for its loss (COPO's global advantage, A*-PO's V*): LossInputs.extra
 
     def __len__(self) -> int:
         return len(self.prompt_id)
@@ -57,6 +59,8 @@ class RolloutBatch:
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 out[f.name] = value[index]
+            elif isinstance(value, dict):
+                out[f.name] = {k: v[index] for k, v in value.items()}
             elif isinstance(value, list) and value:
                 out[f.name] = [value[i] for i in rows]
             else:
@@ -74,4 +78,39 @@ class RolloutBatch:
                 width = self.prompt_tokens.shape[1] if f.name.startswith("prompt") else self.response_tokens.shape[1]
                 if value.shape[1] == width:
                     out[f.name] = value[:, width - used_p :] if f.name.startswith("prompt") else value[:, :used_t]
+        width = self.response_tokens.shape[1]
+        out["algo_fields"] = {k: v[:, :used_t] if v.dim() == 2 and v.shape[1] == width else v
+                              for k, v in self.algo_fields.items()}
         return replace(self, **out)
+
+
+def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Rows of ``batches`` in order, re-padded to common widths (prompts left, responses right).
+
+    Group ids are kept as they are: callers make them unique across the parts. New padding holds 0 (masks
+    say which positions are real).
+    """
+    if len(batches) == 1:
+        return batches[0]
+    p_width = max(b.prompt_tokens.shape[1] for b in batches)
+    t_width = max(b.response_tokens.shape[1] for b in batches)
+
+    def widen(b: RolloutBatch, name: str, value: Tensor) -> Tensor:
+        if name.startswith("prompt"):
+            return torch.nn.functional.pad(value, (p_width - value.shape[1], 0))
+        if value.dim() == 2 and value.shape[1] == b.response_tokens.shape[1]:
+            return torch.nn.functional.pad(value, (0, t_width - value.shape[1]))
+        return value
+
+    out: dict[str, Any] = {}
+    for f in fields(RolloutBatch):
+        values = [getattr(b, f.name) for b in batches]
+        if all(v is None for v in values):
+            out[f.name] = None
+        elif isinstance(values[0], Tensor):
+            out[f.name] = torch.cat([widen(b, f.name, v) for b, v in zip(batches, values)])
+        elif isinstance(values[0], dict):
+            out[f.name] = {k: torch.cat([widen(b, k, b.algo_fields[k]) for b in batches]) for k in values[0]}
+        else:
+            out[f.name] = [item for v in values for item in v]
+    return RolloutBatch(**out)

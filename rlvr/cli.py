@@ -1,4 +1,4 @@
-"""``rlvr train RECIPE [key=value ...] [--resume]`` and ``rlvr list algorithms|rewards``."""
+"""``rlvr train RECIPE [key=value ...] [--resume]``, ``rlvr prepare STAGE RECIPE`` and ``rlvr list algorithms|rewards``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. learner.lr=2e-6")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
 
+    prepare = commands.add_parser("prepare", help="run an offline stage before training (astar: A*-PO's V* table)")
+    prepare.add_argument("stage", help="the stage: astar")
+    prepare.add_argument("recipe", help="the recipe the stage prepares, e.g. recipes/tiny/astar.yaml")
+    prepare.add_argument("overrides", nargs="*", help="section.key=value overrides")
+
     listing = commands.add_parser("list", help="list what is registered")
     listing.add_argument("what", choices=["algorithms", "rewards"])
 
@@ -35,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlvr.trainer import train as run_training
 
     try:
-        run_training(recipe, resume=args.resume)
+        if args.command == "prepare":
+            from rlvr.prepare import prepare
+
+            prepare(args.stage, recipe)
+        else:
+            run_training(recipe, resume=args.resume)
     except (FileExistsError, ValueError) as error:
         print(f"rlvr: {error}", file=sys.stderr)
         return 2

@@ -36,6 +36,8 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str = Field("tiny:train", description="Prompt source: 'tiny:train', a .jsonl/.json/.parquet file, "
                        "or a Hugging Face dataset 'name[:split]'.")
+    train_size: int | None = Field(None, ge=1, description="Use the first K training prompts (default: all); "
+                                   "a small pool makes prompts recur, as DCPO's per-prompt statistics need.")
     heldout: str | None = Field("tiny:heldout", description="Held-out prompts scored before the first and "
                                 "after the last step (heldout/accuracy); null to skip.")
     heldout_size: int | None = Field(None, ge=1, description="Use the first K held-out prompts (default: all).")
@@ -159,6 +161,11 @@ class Recipe(Section):
             raise ValueError("learner.backend 'deepspeed' is not available yet in this version; use 'torch'")
         if self.rollout.engine == "vllm":
             raise ValueError("rollout.engine 'vllm' is not available yet in this version; use 'hf'")
+        from rlvr import algos
+
+        problems = algos.get(self.algorithm.name).Options(**self.algorithm.options()).problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
 

@@ -16,7 +16,8 @@ import ray
 import torch
 
 from rlvr import algos, checkpoint
-from rlvr.batch import RolloutBatch
+from rlvr.algos.base import RolloutSource
+from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import Recipe, dump_recipe
 from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
@@ -45,29 +46,36 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, resume: bool):
-        self.recipe, self.resume = recipe, resume
+    """The parts of a run. ``training=False`` gives the sampling parts only (workers with the initial
+    policy, prompts, reward pool) for offline stages such as ``rlvr prepare astar``: no run directory."""
+
+    def __init__(self, recipe: Recipe, resume: bool = False, training: bool = True):
+        self.recipe, self.resume, self.training = recipe, resume, training
         self.run_dir = Path(recipe.trainer.output_dir)
         self.step = 0
 
     # -- setup and teardown ------------------------------------------------------------------------
     def __enter__(self) -> Trainer:
         recipe, cfg = self.recipe, self.recipe.trainer
-        existing = checkpoint.latest(self.run_dir)
-        self.metrics = MetricsLog(self.run_dir)
-        if not self.resume and (existing or self.metrics.rows()):
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
-                                  "trainer.output_dir to a new directory")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
-        # Fail on bad data or reward specs before anything expensive starts.
-        self.prompts = load_prompts(recipe.data.train, recipe.data.problem_key, recipe.data.answer_key, seed=cfg.seed)
+        existing = checkpoint.latest(self.run_dir) if self.training else None
+        if self.training:
+            self.metrics = MetricsLog(self.run_dir)
+            if not self.resume and (existing or self.metrics.rows()):
+                raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
+                                      "trainer.output_dir to a new directory")
+        # Fail on bad data, side tables or reward specs before anything expensive starts.
+        self.prompts = load_prompts(recipe.data.train, recipe.data.problem_key, recipe.data.answer_key,
+                                    recipe.data.train_size, seed=cfg.seed)
         self.heldout_prompts = (
             load_prompts(recipe.data.heldout, recipe.data.problem_key, recipe.data.answer_key, recipe.data.heldout_size)
-            if recipe.data.heldout else []
+            if recipe.data.heldout and self.training else []
         )
+        self.algorithm = algos.from_recipe(recipe)
+        if self.training:
+            self.prompts = self.algorithm.prepare_prompts(self.prompts, recipe)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
         self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
-        self.algorithm = algos.build(recipe.algorithm.name, **recipe.algorithm.options())
         self.pool = RewardPool(recipe.reward.function, recipe.reward.num_workers, recipe.reward.timeout_s,
                                recipe.reward.failure_score)
         self.model_dir = resolve_model_path(recipe.model.path)
@@ -79,7 +87,7 @@ class Trainer:
         elif self.resume:  # killed before its first checkpoint: start over rather than append to it
             self.metrics.keep_until(-1)
         self.workers.sync_weights()
-        self.bar = ProgressBar(cfg.total_steps, self.step, cfg.progress)
+        self.bar = ProgressBar(cfg.total_steps, self.step, cfg.progress and self.training)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -92,33 +100,35 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
-        timer, r = PhaseTimer(), self.recipe.rollout
-        prompts = self.stream.next_batch()
-        plan = self.algorithm.rollout_plan(len(prompts), r.n)
-        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=_seed(self.recipe.trainer.seed, step),
-                                  logprobs=not self.recipe.learner.recompute_old_logprobs)
-        with timer("generate"):
-            batch = self.generate(prompts, plan, sampling)
-        with timer("reward"):
-            errors = self.score(batch)
-        batch = self.algorithm.post_rollout(batch, self.generate, self.score)
-        batch.advantages = self.algorithm.advantages(batch)
-        learner = self.workers.learner
+        timer, algo, learner = PhaseTimer(), self.algorithm, self.workers.learner
+        source = _Source(self, timer, step)
+        batch = source.sample(self.stream.next_batch())
+        batch = algo.post_rollout(batch, source)
+        row: dict[str, Any] = {"step": step}
+        if len(batch) == 0:  # dynamic sampling found no informative group within its budget
+            log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
+                        step, algo.options.max_gen_batches)
+            return {**row, **rollout_metrics(concat_batches(source.batches), source.errors), **algo.pop_metrics(),
+                    **timer.metrics(), "rollout/num_rows": 0}
         with timer("old_logprob"):
             batch.old_logprobs = (ray.get(learner.logprobs.remote(batch))
                                   if self.recipe.learner.recompute_old_logprobs else batch.rollout_logprobs)
         with timer("ref"):
-            if self.algorithm.needs_reference:
+            if algo.needs_reference:
                 batch.ref_logprobs = ray.get(learner.logprobs.remote(batch, True))
+        batch.advantages = algo.advantages(batch)
         with timer("update"):
             learner_metrics = ray.get(learner.update.remote(batch))
         with timer("sync"):
             self.workers.sync_weights()
-        row = {"step": step, **rollout_metrics(batch, errors), **learner_metrics, **timer.metrics()}
+        # Rollout metrics cover everything sampled this step, including groups dynamic sampling dropped.
+        row.update({**rollout_metrics(concat_batches(source.batches), source.errors), **advantage_metrics(batch, algo.effective_advantages(batch)),
+                    **algo.pop_metrics(), **learner_metrics, **timer.metrics()})
+        row["rollout/num_rows"] = len(batch)
         trained = batch.num_response_tokens * self.recipe.learner.epochs
-        row["tokens/generated"] = batch.num_response_tokens
+        row["tokens/generated"] = source.tokens
         row["tokens/trained"] = trained
-        row["throughput/tokens_per_s"] = batch.num_response_tokens / row["time/step"]
+        row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
         row["sync/bytes"] = self.workers.last_sync_bytes
         row["memory/peak_bytes"] = max(ray.get([w.peak_memory.remote() for w in {self.workers.learner, *self.workers.rollouts}]))
         return row
@@ -232,6 +242,46 @@ def assemble_batch(rows: list[tuple[int, Prompt]], prompt_tokens: list[list[int]
     )
 
 
+class _Source(RolloutSource):
+    """Sampling for one step: the first batch and any an algorithm asks for (DAPO dynamic sampling)."""
+
+    def __init__(self, trainer: Trainer, timer: PhaseTimer, step: int):
+        self.trainer, self.timer, self.step = trainer, timer, step
+        self.rounds = self.errors = self.tokens = 0
+        self.batches: list[RolloutBatch] = []
+
+    def next_prompts(self) -> list[Prompt]:
+        return self.trainer.stream.next_batch()
+
+    def sample(self, prompts: list[Prompt]) -> RolloutBatch:
+        t, r = self.trainer, self.trainer.recipe.rollout
+        # Each round of a step gets its own seed, a pure function of (trainer.seed, step, round).
+        seed = _seed(t.recipe.trainer.seed, self.step) + 104729 * self.rounds
+        self.rounds += 1
+        sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=seed % (2**31),
+                                  logprobs=not t.recipe.learner.recompute_old_logprobs)
+        with self.timer("generate"):
+            batch = t.generate(prompts, t.algorithm.rollout_plan(len(prompts), r.n), sampling)
+        with self.timer("reward"):
+            self.errors += t.score(batch)
+        self.tokens += batch.num_response_tokens
+        t.algorithm.shape_rewards(batch)
+        self.batches.append(batch)
+        return batch
+
+
+def advantage_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
+    """Share of rows (and of response tokens) with a non-zero advantage ``adv``: the rows that carry signal."""
+    row_nonzero = (adv != 0) if adv.dim() == 1 else ((adv != 0) & batch.response_mask.bool()).any(1)
+    per_token = row_nonzero[:, None] & batch.response_mask.bool()
+    return {
+        "adv/nonzero_frac": row_nonzero.float().mean().item(),
+        "adv/nonzero_token_frac": (per_token.sum() / batch.response_mask.sum().clamp(min=1)).item(),
+        "adv/mean": (adv.float().mean()).item(),
+        "adv/abs_mean": (adv.float().abs().mean()).item(),
+    }
+
+
 def rollout_metrics(batch: RolloutBatch, errors: int) -> dict[str, float]:
     lengths = batch.response_mask.sum(1)
     return {
@@ -243,6 +293,7 @@ def rollout_metrics(batch: RolloutBatch, errors: int) -> dict[str, float]:
         "response/length_max": lengths.max().item(),
         "response/truncated_frac": (~batch.finished).float().mean().item(),
         "rollout/num_rows": len(batch),
+        "rollout/num_sampled": len(batch),
     }
 
 

@@ -1,7 +1,11 @@
-"""Policy-optimisation algorithms, reachable by name: ``rlvr.algos.build("grpo", **options)``."""
+"""Policy-optimisation algorithms, reachable by name: ``rlvr.algos.build("grpo", **options)``.
 
-from rlvr.algos import grpo  # noqa: F401  (registers)
-from rlvr.algos.base import Algorithm, AlgorithmOptions, LossInputs
-from rlvr.algos.registry import build, get, names, register
+Importing this package registers every built-in algorithm (one module each).
+"""
 
-__all__ = ["Algorithm", "AlgorithmOptions", "LossInputs", "build", "get", "names", "register"]
+from rlvr.algos import astar, capo, copo, dcpo, forking, grpo  # noqa: F401  (registers)
+from rlvr.algos.base import Algorithm, AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs, RunInfo
+from rlvr.algos.registry import build, from_recipe, get, names, register
+
+__all__ = ["Algorithm", "AlgorithmOptions", "ClippedAlgorithm", "ClippedOptions", "LossInputs", "RunInfo", "build",
+           "from_recipe", "get", "names", "register"]

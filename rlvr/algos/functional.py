@@ -16,7 +16,7 @@ from torch import Tensor
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGG_MODES: tuple[str, ...] = AggMode.__args__  # type: ignore[attr-defined]
 AdvNorm = Literal["group", "batch", "none"]
-KLKind = Literal["k1", "k2", "k3", "k3+"]
+KLKind = Literal["k1", "k2", "k3", "k1+", "k3+"]
 
 
 def group_advantages(
@@ -65,6 +65,7 @@ def aggregate(
     num_tokens: float | Tensor | None = None,
     num_seqs: float | Tensor | None = None,
     loss_scale: float | None = None,
+    denominator_mask: Tensor | None = None,  # [N,T], default ``mask``
 ) -> Tensor:  # scalar
     """Reduce a per-token loss matrix to a scalar (ALGORITHMS.md section 0).
 
@@ -72,16 +73,19 @@ def aggregate(
     (across micro-batches and ranks) to get the global mean when micro-batch losses are summed by
     gradient accumulation; leave them None for the local (micro-batch) mean.
     ``loss_scale`` is the constant ``L_max`` of ``seq-mean-token-sum-norm`` (Dr.GRPO).
+    ``mask`` selects the tokens summed; ``denominator_mask`` the tokens counted by the local ``token-mean``
+    and by ``seq-mean-token-mean`` (token masks such as forking tokens may normalise by all valid tokens).
     """
     mask = mask.to(losses.dtype)
+    counted = mask if denominator_mask is None else denominator_mask.to(losses.dtype)
     masked = losses * mask
     if mode == "token-mean":
-        denominator = mask.sum() if num_tokens is None else num_tokens
+        denominator = counted.sum() if num_tokens is None else num_tokens
         return masked.sum() / torch.clamp(torch.as_tensor(denominator, dtype=losses.dtype), min=1.0)
     rows = losses.shape[0] if num_seqs is None else num_seqs
     rows = torch.clamp(torch.as_tensor(rows, dtype=losses.dtype), min=1.0)
     if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / rows
+        return (masked.sum(-1) / counted.sum(-1).clamp(min=1.0)).sum() / rows
     if mode == "seq-mean-token-sum":
         return masked.sum() / rows
     if mode == "seq-mean-token-sum-norm":
@@ -147,21 +151,23 @@ def kl_penalty(
     """Per-token KL(pi_theta || pi_ref) estimates with ``d = logp - ref_logp`` (verl ``kl_penalty``).
 
     k1 ``d``; k2 ``d^2 / 2``; k3 ``exp(-d) + d - 1`` with ``-d`` clamped to [-20, 20] and the result to
-    [-10, 10] (verl ``low_var_kl``); ``k3+`` has k3's value and k2's gradient (straight-through), since k1
-    and k3 are unbiased for the KL's value but not for its gradient.
+    [-10, 10] (verl ``low_var_kl``); ``k1+`` / ``k3+`` have k1's / k3's value and k2's gradient
+    (straight-through, verl's ``+`` suffix), since k1 and k3 are unbiased for the KL's value but not for
+    its gradient.
     """
     d = logp - ref_logp
-    if kind == "k1":
-        return d
-    if kind == "k2":
+    if kind not in ("k1", "k2", "k3", "k1+", "k3+"):
+        raise ValueError(f"KL estimator {kind!r} is unknown; use 'k1', 'k2', 'k3', 'k1+' or 'k3+'")
+    if kind.startswith("k1"):
+        value = d
+    elif kind == "k2":
         return 0.5 * d.square()
-    if kind in ("k3", "k3+"):
-        k3 = torch.clamp(torch.exp(torch.clamp(-d, -20, 20)) + d - 1, -10, 10)
-        if kind == "k3":
-            return k3
-        k2 = 0.5 * d.square()
-        return k2 + (k3 - k2).detach()
-    raise ValueError(f"KL estimator {kind!r} is unknown; use 'k1', 'k2', 'k3' or 'k3+'")
+    else:
+        value = torch.clamp(torch.exp(torch.clamp(-d, -20, 20)) + d - 1, -10, 10)
+    if not kind.endswith("+"):
+        return value
+    k2 = 0.5 * d.square()
+    return k2 + (value - k2).detach()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -377,3 +383,53 @@ def copo_advantages(
         "no global": lambda: torch.ones_like(rewards),
     }[mode]()
     return local, glob, weight
+
+
+def dcpo_smooth_advantages(
+    rewards: Tensor,  # [N]
+    group: Tensor,  # [N] int, rows of one prompt share a value
+    prev_times: Tensor,  # [N] appearances of the row's prompt before this step (0: never seen)
+    prev_mean: Tensor,  # [N] the prompt's reward mean over those appearances
+    prev_std: Tensor,  # [N] the prompt's pooled reward std over those appearances
+    norm: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # advantages [N], total mean [N], total std [N]
+    """DCPO smooth advantage standardisation (SAS, ALGORITHMS.md 2.1(b)).
+
+    For a prompt seen for the ``i``-th time (``i = prev_times + 1``), with the current group's mean and
+    unbiased std and the running statistics over all ``i`` appearances::
+
+        mu_tot  = (t mu_old + mu_new) / (t + 1)                                  (t = prev_times)
+        var_tot = [t sigma_old^2 + sigma_new^2 + t/(t+1) (mu_new - mu_old)^2] / (t + 1)
+        A_new   = (R - mu_new) / sigma_new,    A_tot = (R - mu_tot) / sigma_tot  (0 where a std is 0)
+        SA_new  = ((i-1)/i) A_new + (1/i) A_tot,    SA_tot = (1/i) A_new + ((i-1)/i) A_tot
+        A       = SA_new if |SA_new| < |SA_tot| else SA_tot
+
+    With ``norm=False`` the divisions are dropped. At ``t = 0`` the totals are the group's own statistics
+    and ``A`` is the group-standardised reward without epsilon. Returns the totals per row, to be stored
+    with ``times = prev_times + 1``. Authors' code: lime-RL/DCPO ``compute_dcpo_outcome_advantage``,
+    ``get_mean_std`` (its ``user_old_mean_ratio`` is 1.0 and not exposed). Groups need two rows or more.
+    """
+    rewards = rewards.to(torch.float64)
+    _, index = torch.unique(group, return_inverse=True)
+    num_groups = int(index.max()) + 1 if index.numel() else 0
+    count = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, torch.ones_like(rewards))
+    if bool((count < 2).any()):
+        raise ValueError("DCPO needs at least two samples per prompt (rollout.n >= 2) to standardise rewards")
+    mean_g = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, rewards) / count
+    var_g = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, (rewards - mean_g[index]) ** 2)
+    mu_new, sigma_new = mean_g[index], torch.sqrt(var_g / (count - 1))[index]
+    t = prev_times.to(torch.float64)
+    mu_old, sigma_old = prev_mean.to(torch.float64), prev_std.to(torch.float64)
+    mu_tot = torch.where(t > 0, (t * mu_old + mu_new) / (t + 1), mu_new)
+    var_tot = (t * sigma_old**2 + sigma_new**2 + t / (t + 1) * (mu_new - mu_old) ** 2) / (t + 1)
+    sigma_tot = torch.where(t > 0, torch.sqrt(var_tot), sigma_new)
+    if norm:
+        a_new = torch.where(sigma_new > 0, (rewards - mu_new) / sigma_new.clamp(min=1e-300), 0.0)
+        a_tot = torch.where(sigma_tot > 0, (rewards - mu_tot) / sigma_tot.clamp(min=1e-300), 0.0)
+    else:
+        a_new, a_tot = rewards - mu_new, rewards - mu_tot
+    i = t + 1
+    sa_new = (i - 1) / i * a_new + a_tot / i
+    sa_tot = a_new / i + (i - 1) / i * a_tot
+    adv = torch.where(sa_new.abs() < sa_tot.abs(), sa_new, sa_tot)
+    return adv.to(torch.float32), mu_tot, sigma_tot

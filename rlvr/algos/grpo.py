@@ -1,45 +1,66 @@
-"""GRPO (DeepSeekMath; verl/TRL defaults): group-normalised outcome advantages and the PPO clipped loss.
+"""The GRPO family (ALGORITHMS.md section 1): GRPO, Dr.GRPO and DAPO, presets of the shared options.
 
-Advantages: ``A_i = (R_i - mean_g R) / (std_g R + eps)`` per group of samples of one prompt
-(:func:`~rlvr.algos.functional.group_advantages`). Loss: the per-token clipped surrogate with dual clip,
-aggregated by ``loss_agg`` (verl's default ``token-mean``, not the paper's ``seq-mean-token-mean``: set
-``loss_agg: seq-mean-token-mean`` for the paper), plus the shared KL and entropy terms (both off by
-default, as in verl and TRL).
+* GRPO (DeepSeekMath; verl/TRL defaults): ``A_i = (R_i - mean_g R) / (std_g R + eps)`` per group of
+  samples of one prompt (:func:`~rlvr.algos.functional.group_advantages`), the PPO clipped surrogate with
+  dual clip, aggregated by ``loss_agg`` (verl's ``token-mean``, not the paper's ``seq-mean-token-mean``:
+  set ``loss_agg: seq-mean-token-mean`` and ``kl_coef: 0.04`` for the paper).
+* Dr.GRPO (Liu et al. 2025): no std division (``adv_norm: none``) and a constant length normaliser
+  (``seq-mean-token-sum-norm`` with ``L_max = loss_scale``, default ``rollout.max_new_tokens``, as TRL's
+  ``max_completion_length``; verl divides by the padded length unless ``loss_scale_factor`` is set).
+* DAPO (Yu et al. 2025): clip-higher (0.2 / 0.28), dual clip 10, ``token-mean`` over the mini-batch,
+  dynamic sampling (drop all-equal groups, sample more) and overlong reward shaping, no KL.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import ClassVar
+
+from pydantic import Field
 from torch import Tensor
 
-from rlvr.algos.base import Algorithm, LossInputs
-from rlvr.algos.functional import clipped_pg_terms, group_advantages
+from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions
+from rlvr.algos.functional import AdvNorm, AggMode, group_advantages
 from rlvr.algos.registry import register
 
 
+class GRPOBase(ClippedAlgorithm):
+    """Group-normalised outcome advantages feeding the clipped loss of :class:`ClippedAlgorithm`."""
+
+    def advantages(self, batch) -> Tensor:  # [N]
+        o = self.options
+        return group_advantages(self.reward_for_advantage(batch), batch.group, o.adv_norm, o.adv_eps)
+
+
 @register
-class GRPO(Algorithm):
-    """GRPO: group-normalised outcome advantages, PPO clipped loss (verl defaults)."""
+class GRPO(GRPOBase):
+    """GRPO: group-normalised advantages, PPO clipped loss (verl defaults: token-mean, dual clip 3)."""
 
     name = "grpo"
 
-    def advantages(self, batch) -> Tensor:  # [N]
-        return group_advantages(batch.rewards, batch.group, self.options.adv_norm, self.options.adv_eps)
 
-    def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
-        o = self.options
-        mask = inputs.mask
-        custom = self.token_mask(inputs)
-        if custom is not None:
-            mask = mask * custom
-        per_token, clipped, ratio = clipped_pg_terms(
-            inputs.logp, inputs.old_logp, inputs.advantages, o.clip_eps_low, o.clip_eps_high, o.dual_clip
-        )
-        pg = self.aggregate(per_token, mask, inputs)
-        extra, metrics = self.regularizers(inputs, mask)
-        valid = mask.sum().clamp(min=1.0)
-        with torch.no_grad():
-            metrics["actor/pg_loss"] = pg.item()
-            metrics["actor/clip_frac"] = ((clipped.float() * mask).sum() / valid).item()
-            metrics["actor/ratio_mean"] = ((ratio * mask).sum() / valid).item()
-        return o.pg_coef * pg + extra, metrics
+class DrGRPOOptions(ClippedOptions):
+    adv_norm: AdvNorm = Field("none", description="Dr.GRPO: rewards minus the group mean, no std division.")
+    loss_agg: AggMode = Field("seq-mean-token-sum-norm", description="Dr.GRPO: token sums over B * L_max.")
+
+
+@register
+class DrGRPO(GRPOBase):
+    """Dr.GRPO: GRPO without std normalisation and with a constant length normaliser (GRPO done right)."""
+
+    name = "drgrpo"
+    Options: ClassVar[type[AlgorithmOptions]] = DrGRPOOptions
+
+
+class DAPOOptions(ClippedOptions):
+    clip_eps_high: float = Field(0.28, ge=0.0, description="DAPO clip-higher: ratio <= 1 + 0.28.")
+    dual_clip: float | None = Field(10.0, gt=1.0, description="DAPO recipe clip_ratio_c 10.")
+    dynamic_sampling: bool = Field(True, description="DAPO: drop all-equal groups and sample more prompts.")
+    overlong_shaping: bool = Field(True, description="DAPO: linear penalty over the last overlong_buffer tokens.")
+
+
+@register
+class DAPO(GRPOBase):
+    """DAPO: clip-higher, token-mean loss, dynamic sampling and overlong reward shaping."""
+
+    name = "dapo"
+    Options: ClassVar[type[AlgorithmOptions]] = DAPOOptions

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rlvr.algos.base import Algorithm
+from rlvr.algos.base import Algorithm, RunInfo
+
+if TYPE_CHECKING:
+    from rlvr.config import Recipe
 
 _ALGORITHMS: dict[str, type[Algorithm]] = {}
 
@@ -29,7 +32,15 @@ def get(name: str) -> type[Algorithm]:
     return _ALGORITHMS[name]
 
 
-def build(name: str, **options: Any) -> Algorithm:
+def build(name: str, run: RunInfo | None = None, **options: Any) -> Algorithm:
     """An algorithm instance by registered name, with its options validated."""
     cls = get(name)
-    return cls(cls.Options(**options))
+    return cls(cls.Options(**options), run)
+
+
+def from_recipe(recipe: Recipe) -> Algorithm:
+    """The recipe's algorithm, told the run's response length, temperature, group size and batch size."""
+    r = recipe.rollout
+    run = RunInfo(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, n=r.n,
+                  batch_size=recipe.data.batch_size)
+    return build(recipe.algorithm.name, run, **recipe.algorithm.options())

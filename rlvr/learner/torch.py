@@ -45,10 +45,15 @@ class TorchLearner:
         self.temperature = recipe.rollout.temperature
 
     # -- forward -----------------------------------------------------------------------------------
-    def _forward(self, model, batch: RolloutBatch, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
-        """Log-probs (and entropies) [n,T] of the response tokens under ``model``; zero where masked."""
+    def _forward(self, model, batch: RolloutBatch, with_entropy: bool, with_hidden: bool = False):
+        """Log-probs (and entropies, and hidden states) of the response tokens under ``model``; zero where
+        masked. See :func:`rlvr.models.forward.response_logprobs`."""
         return response_logprobs(model, batch.prompt_tokens, batch.prompt_mask, batch.response_tokens,
-                                 batch.response_mask, self.temperature, with_entropy)
+                                 batch.response_mask, self.temperature, with_entropy, with_hidden)
+
+    @torch.no_grad()
+    def _entropy(self, micro: RolloutBatch) -> Tensor:  # [n,T]
+        return self._forward(self.model, micro, with_entropy=True)[1]
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> Tensor:  # [N,T]
@@ -72,16 +77,20 @@ class TorchLearner:
             for mini_rows in _chunks(len(batch), mini):
                 minibatch = batch.select(mini_rows)
                 num_tokens = float(minibatch.response_mask.sum().item())
+                micro_rows = _chunks(len(minibatch), cfg.micro_batch_size)
+                contexts = self.algorithm.minibatch_context(minibatch, micro_rows, self._entropy)
                 self.optimizer.zero_grad(set_to_none=True)
-                for rows in _chunks(len(minibatch), cfg.micro_batch_size):
+                for rows, context in zip(micro_rows, contexts):
                     micro = minibatch.select(rows).trimmed()
-                    metrics = self._backward(micro, num_tokens, float(len(minibatch)))
+                    metrics = self._backward(micro, num_tokens, float(len(minibatch)), len(micro_rows), context)
                     share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
                     for key, value in metrics.items():
                         sums[key] += value * share
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 if torch.isfinite(norm):
                     self.optimizer.step()
+                    for key, value in self.algorithm.on_optimizer_step().items():
+                        sums[key] += value
                 else:  # a non-finite gradient would poison the weights; skip and say so
                     skipped += 1
                 self.scheduler.step()
@@ -93,11 +102,18 @@ class TorchLearner:
         out["actor/skipped_steps"] = float(skipped)
         return out
 
-    def _backward(self, micro: RolloutBatch, num_tokens: float, num_seqs: float) -> dict[str, float]:
+    def _backward(self, micro: RolloutBatch, num_tokens: float, num_seqs: float, num_micro: int,
+                  context: dict) -> dict[str, float]:
         algo = self.algorithm
         with_entropy = algo.needs_entropy or algo.options.entropy_coef != 0
-        logp, entropy = self._forward(self.model, micro, with_entropy)
+        hidden = weight = None
+        if algo.needs_hidden:
+            logp, entropy, hidden = self._forward(self.model, micro, with_entropy, with_hidden=True)
+            hidden, weight = hidden.detach(), self.model.get_output_embeddings().weight.detach()
+        else:
+            logp, entropy = self._forward(self.model, micro, with_entropy)
         mask = micro.response_mask.to(logp.dtype)
+        width = logp.shape[1]
         inputs = LossInputs(
             logp=logp,
             old_logp=micro.old_logprobs[:, : logp.shape[1]] if micro.old_logprobs is not None else logp.detach(),
@@ -106,8 +122,14 @@ class TorchLearner:
             advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, : logp.shape[1]],
             num_tokens=num_tokens,
             num_seqs=num_seqs,
-            ref_logp=micro.ref_logprobs[:, : logp.shape[1]] if micro.ref_logprobs is not None else None,
+            num_micro=num_micro,
+            ref_logp=micro.ref_logprobs[:, :width] if micro.ref_logprobs is not None else None,
             lr=self.scheduler.get_last_lr()[0],
+            hidden=hidden,
+            lm_head_weight=weight,
+            response_tokens=micro.response_tokens[:, :width],
+            rewards=micro.rewards,
+            extra={**micro.algo_fields, **context},
         )
         loss, metrics = algo.loss(inputs)
         loss.backward()

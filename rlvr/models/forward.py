@@ -22,7 +22,10 @@ def response_logprobs(
     response_mask: Tensor,  # [n,T]
     temperature: float = 1.0,
     with_entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:  # logp [n,T], entropy [n,T] or None; zero where masked
+    with_hidden: bool = False,
+) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+    """``(logp [n,T], entropy [n,T] or None)``, zero where masked; with ``with_hidden`` also the last hidden
+    states at the response positions ``[n,T,H]`` (those that predict each response token)."""
     ids = torch.cat([prompt_tokens, response_tokens], dim=1)
     attention = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # as generate numbers left-padded rows
@@ -40,4 +43,6 @@ def response_logprobs(
     if entropy_flat is not None:
         entropy = torch.zeros(valid.shape, dtype=entropy_flat.dtype, device=entropy_flat.device).masked_scatter(
             valid, entropy_flat)
+    if with_hidden:
+        return logp, entropy, hidden
     return logp, entropy

@@ -54,7 +54,7 @@ class LearnerActor(_Sampler):
         from rlvr.rollout.hf import HFEngine
 
         recipe = _setup(recipe_data, num_threads)
-        algorithm = algos.build(recipe.algorithm.name, **recipe.algorithm.options())
+        algorithm = algos.from_recipe(recipe)
         self.learner = TorchLearner(recipe, model_dir, algorithm)
         self.engine = None
         if with_engine:

@@ -5,3 +5,8 @@ even on the barely warm-started test model (whose math accuracy is near zero).""
 def by_length(completion: str, answer: str, **fields) -> float:
     """Shorter responses score higher: 1 / (1 + characters)."""
     return 1.0 / (1.0 + len(completion))
+
+
+def by_length_with_answer(completion: str, answer: str, **fields) -> dict:
+    """:func:`by_length`, plus the first character as the "extracted answer" (for COPO's answer entropy)."""
+    return {"score": by_length(completion, answer), "extracted": completion[:1]}

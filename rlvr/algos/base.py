@@ -49,7 +49,8 @@ class AlgorithmOptions(BaseModel):
     adv_norm: AdvNorm = Field("group", description="Advantage std: per group, over the batch, or none.")
     adv_eps: float = Field(1e-6, ge=0.0, description="Added to the std (verl 1e-6, TRL 1e-4).")
     kl_coef: float = Field(0.0, ge=0.0, description="KL-to-reference coefficient; 0 disables it.")
-    kl_estimator: KLKind = Field("k3", description="KL estimator: k1, k2, k3 (verl low_var_kl), or the "
+    kl_estimator: KLKind | None = Field(None, description="KL estimator; default k3 in the loss (verl low_var_kl), "
+                                        "k1 in the reward (verl kl_penalty 'kl'); k2, or the "
                                  "straight-through k1+ / k3+ (their value, k2's gradient).")
     kl_in: Literal["loss", "reward"] = Field(
         "loss", description="KL in the loss (GRPO; aggregated like the PG loss) or subtracted from the reward "
@@ -67,6 +68,11 @@ class AlgorithmOptions(BaseModel):
     overlong_buffer: int | None = Field(None, ge=1, description="Overlong shaping: L_buf in tokens; default a "
                                         "fifth of rollout.max_new_tokens (the DAPO recipe's 4096 of 20480).")
     overlong_penalty: float = Field(1.0, ge=0.0, description="Overlong shaping: the penalty at the limit.")
+
+    @property
+    def kl_kind(self) -> str:
+        """The KL estimator in use: ``kl_estimator``, else verl's default for the placement."""
+        return self.kl_estimator or ("k1" if self.kl_in == "reward" else "k3")
 
     def problems(self, recipe: Recipe) -> list[str]:
         """What is wrong with these options in ``recipe`` (empty when nothing): checked before any work."""
@@ -179,7 +185,7 @@ class Algorithm:
         o = self.options
         if o.kl_coef == 0 or o.kl_in != "reward":
             return batch.rewards
-        kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, o.kl_estimator) * batch.response_mask
+        kl = kl_penalty(batch.old_logprobs, batch.ref_logprobs, o.kl_kind) * batch.response_mask
         per_row = kl.sum(1)
         self.record({"actor/kl_in_reward": float(per_row.mean())})
         return batch.rewards - o.kl_coef * per_row
@@ -237,7 +243,7 @@ class Algorithm:
         if o.kl_coef > 0 and o.kl_in == "loss":
             if inputs.ref_logp is None:
                 raise RuntimeError("kl_coef > 0 but the learner passed no reference log-probs")
-            kl = self.aggregate(kl_penalty(inputs.logp, inputs.ref_logp, o.kl_estimator), inputs.mask, inputs)
+            kl = self.aggregate(kl_penalty(inputs.logp, inputs.ref_logp, o.kl_kind), inputs.mask, inputs)
             total = total + o.kl_coef * kl
             metrics["actor/kl"] = kl.item()
         if o.entropy_coef != 0:

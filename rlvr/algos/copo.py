@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs
@@ -38,6 +38,12 @@ class COPOOptions(ClippedOptions):
                            "'only global', 'no global' (= GRPO).")
     answer_field: str = Field("extracted", description="The reward extra that holds each response's final "
                               "answer (math_answer: 'extracted').")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _spaces(cls, value: object) -> object:
+        """``soft-with-zero`` (as the authors' run_copo.sh spells it) means ``soft with zero``."""
+        return value.replace("-", " ") if isinstance(value, str) else value
 
 
 @register

@@ -21,7 +21,8 @@ def _rlvr(*args, cwd):
 def test_unknown_algorithm_fails_at_once_listing_the_known_ones(tmp_path):
     result, seconds = _rlvr("train", RECIPE, "algorithm.name=nope", f"trainer.output_dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 2
-    assert "algorithm.name: 'nope' is unknown; known algorithms: grpo" in result.stderr
+    assert ("algorithm.name: 'nope' is unknown; known algorithms: astar, capo, copo, dapo, dcpo, drgrpo, "
+            "forking-tokens, grpo") in result.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
     assert seconds < 60
 
@@ -35,7 +36,28 @@ def test_misspelt_key_fails_naming_it(tmp_path):
 
 def test_list_algorithms_and_rewards(tmp_path):
     algorithms, _ = _rlvr("list", "algorithms", cwd=tmp_path)
-    assert algorithms.returncode == 0 and algorithms.stdout.split()[0] == "grpo"
+    assert algorithms.returncode == 0
+    lines = algorithms.stdout.strip().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo"]
+    assert all(len(line.split(None, 1)[1]) > 30 for line in lines)  # a one-line description each
+    assert "DCPO: dynamic per-token clip bounds" in algorithms.stdout
     rewards, _ = _rlvr("list", "rewards", cwd=tmp_path)
     assert rewards.returncode == 0 and "math_answer" in rewards.stdout
     assert "reward_fns.math_answer:reward" in rewards.stdout
+
+
+def test_astar_without_its_stage_one_table_fails_at_once_naming_the_command(tmp_path):
+    result, seconds = _rlvr("train", str(REPO / "recipes/tiny/astar.yaml"), f"trainer.output_dir={tmp_path}/run",
+                            f"algorithm.values_path={tmp_path}/none.jsonl", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "run `rlvr prepare astar RECIPE` first" in result.stderr
+    assert not (tmp_path / "run").exists()
+    assert seconds < 60
+
+
+def test_prepare_rejects_unknown_stages_and_other_algorithms(tmp_path):
+    result, _ = _rlvr("prepare", "vstar", RECIPE, cwd=tmp_path)
+    assert result.returncode == 2 and "prepare stage 'vstar' is unknown; known stages: astar" in result.stderr
+    result, _ = _rlvr("prepare", "astar", RECIPE, cwd=tmp_path)
+    assert result.returncode == 2 and "needs a recipe with algorithm.name: astar, not 'grpo'" in result.stderr

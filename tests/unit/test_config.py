@@ -32,7 +32,7 @@ def test_overrides_are_typed_yaml_scalars():
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("algorithm.name=nope", "algorithm.name: 'nope' is unknown; known algorithms: astar, copo, dapo, dcpo"),
+    ("algorithm.name=nope", "algorithm.name: 'nope' is unknown; known algorithms: astar, capo, copo, dapo"),
     ("trainer.totl_steps=3", "trainer.totl_steps: unknown key (value 3); allowed keys here: total_steps"),
     ("tranier.total_steps=3", "tranier: unknown key"),
     ("rollout.n=0", "rollout.n: Input should be greater than or equal to 1 (got 0)"),

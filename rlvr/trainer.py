@@ -104,12 +104,13 @@ class Trainer:
         source = _Source(self, timer, step)
         batch = source.sample(self.stream.next_batch())
         batch = algo.post_rollout(batch, source)
-        row: dict[str, Any] = {"step": step}
+        # Rollout metrics cover everything sampled this step, including groups dynamic sampling dropped.
+        row = {"step": step, **rollout_metrics(concat_batches(source.batches), source.errors),
+               "rollout/num_rows": len(batch)}
         if len(batch) == 0:  # dynamic sampling found no informative group within its budget
             log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
                         step, algo.options.max_gen_batches)
-            return {**row, **rollout_metrics(concat_batches(source.batches), source.errors), **algo.pop_metrics(),
-                    **timer.metrics(), "rollout/num_rows": 0}
+            return {**row, **algo.pop_metrics(), **timer.metrics()}
         with timer("old_logprob"):
             batch.old_logprobs = (ray.get(learner.logprobs.remote(batch))
                                   if self.recipe.learner.recompute_old_logprobs else batch.rollout_logprobs)
@@ -121,10 +122,8 @@ class Trainer:
             learner_metrics = ray.get(learner.update.remote(batch))
         with timer("sync"):
             self.workers.sync_weights()
-        # Rollout metrics cover everything sampled this step, including groups dynamic sampling dropped.
-        row.update({**rollout_metrics(concat_batches(source.batches), source.errors), **advantage_metrics(batch, algo.effective_advantages(batch)),
-                    **algo.pop_metrics(), **learner_metrics, **timer.metrics()})
-        row["rollout/num_rows"] = len(batch)
+        row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
+                    **learner_metrics, **timer.metrics()})
         trained = batch.num_response_tokens * self.recipe.learner.epochs
         row["tokens/generated"] = source.tokens
         row["tokens/trained"] = trained
@@ -292,7 +291,6 @@ def rollout_metrics(batch: RolloutBatch, errors: int) -> dict[str, float]:
         "response/length_mean": lengths.mean().item(),
         "response/length_max": lengths.max().item(),
         "response/truncated_frac": (~batch.finished).float().mean().item(),
-        "rollout/num_rows": len(batch),
         "rollout/num_sampled": len(batch),
     }
 

@@ -137,7 +137,6 @@ class LossInputs:
     hidden: Tensor | None = None  # [n,T,H] last hidden states at response positions (needs_hidden)
     lm_head_weight: Tensor | None = None  # [V,H] (needs_hidden)
     response_tokens: Tensor | None = None  # [n,T] long
-    rewards: Tensor | None = None  # [n]
     extra: dict[str, Any] = field(default_factory=dict)  # the rows' batch.algo_fields + minibatch_context
 
 
@@ -325,10 +324,14 @@ class ClippedAlgorithm(Algorithm):
             pg = self.aggregate(per_token, mask, inputs, num_tokens=inputs.extra.get("kept_tokens"))
         extra, metrics = self.regularizers(inputs)
         with torch.no_grad():
-            metrics.update(clip_metrics(parts, valid, o.dual_clip))
+            metrics.update(self.clip_metrics(parts, valid))
             metrics["actor/pg_loss"] = pg.item()
             metrics["actor/masked_token_frac"] = float(1.0 - mask.sum() / valid.sum().clamp(min=1.0))
         return o.pg_coef * pg + extra, metrics
+
+    def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
+        """Metrics of :meth:`per_token_loss`'s ``parts`` over the valid tokens (DCPO adds its bounds)."""
+        return clip_metrics(parts, valid, self.options.dual_clip)
 
 
 def clip_metrics(parts: dict[str, Tensor], mask: Tensor, dual_clip: float | None) -> dict[str, float]:

@@ -93,16 +93,13 @@ class DCPO(ClippedAlgorithm):
                                           o.dual_clip)
         return loss, {"ratio": ratio, "low": low, "high": high, "advantages": inputs.advantages}
 
-    def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
-        total, metrics = super().loss(inputs)
+    def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
+        metrics = super().clip_metrics(parts, valid)
         if self.options.clip_type == "dynamic":
-            with torch.no_grad():
-                low, high = dcpo_ratio_bounds(inputs.old_logp, self.options.clip_eps_low, self.options.clip_eps_high,
-                                              self.options.bound_cap)
-                valid = inputs.mask.bool()
-                metrics["dcpo/bound_low_mean"] = float(low[valid].mean()) if valid.any() else 0.0
-                metrics["dcpo/bound_high_mean"] = float(high[valid].mean()) if valid.any() else 0.0
-        return total, metrics
+            keep = valid.bool()
+            metrics["dcpo/bound_low_mean"] = float(parts["low"][keep].mean()) if keep.any() else 0.0
+            metrics["dcpo/bound_high_mean"] = float(parts["high"][keep].mean()) if keep.any() else 0.0
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"stats": dict(self.stats)} if self.stats else {}

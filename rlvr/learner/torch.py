@@ -116,10 +116,10 @@ class TorchLearner:
         width = logp.shape[1]
         inputs = LossInputs(
             logp=logp,
-            old_logp=micro.old_logprobs[:, : logp.shape[1]] if micro.old_logprobs is not None else logp.detach(),
+            old_logp=micro.old_logprobs[:, :width] if micro.old_logprobs is not None else logp.detach(),
             entropy=entropy,
             mask=mask,
-            advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, : logp.shape[1]],
+            advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, :width],
             num_tokens=num_tokens,
             num_seqs=num_seqs,
             num_micro=num_micro,
@@ -128,7 +128,6 @@ class TorchLearner:
             hidden=hidden,
             lm_head_weight=weight,
             response_tokens=micro.response_tokens[:, :width],
-            rewards=micro.rewards,
             extra={**micro.algo_fields, **context},
         )
         loss, metrics = algo.loss(inputs)

@@ -41,13 +41,27 @@ class DataConfig(Section):
     heldout: str | None = Field("tiny:heldout", description="Held-out prompts scored before the first and "
                                 "after the last step (heldout/accuracy); null to skip.")
     heldout_size: int | None = Field(None, ge=1, description="Use the first K held-out prompts (default: all).")
-    problem_key: str = "problem"
-    answer_key: str = "answer"
+    problem_key: str = Field("problem", description="The problem column; dotted keys read nested fields.")
+    answer_key: str = Field("answer", description="The gold-answer column; dotted keys read nested fields "
+                            "(verl parquet: reward_model.ground_truth).")
     template: Literal["plain", "chat", "qwen-boxed"] = Field(
         "plain", description="Prompt template: the raw problem, the model's chat template, or Qwen2.5-Math "
         "chain of thought with a boxed answer.")
     batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
     shuffle: bool = True
+
+
+class EarlyRejectionConfig(Section):
+    """PRM early rejection in training rollouts (rlvr.rollout.early_rejection; ALGORITHMS.md section 8)."""
+
+    scorer: str | None = Field(None, description="Scorer of partial responses: 'arithmetic' (the tiny task), "
+                               "'math-shepherd:PATH', 'qwen-prm:PATH', or a 'module:function' with "
+                               "fn(prompt, partial_response) -> float; null: off (plain sampling).")
+    scorer_options: dict[str, Any] = Field(default_factory=dict, description="Options of a PRM scorer's "
+                                           "from_pretrained: dtype, trust_remote_code, step_delimiter, batch_size, device.")
+    oversample: int = Field(4, ge=2, description="Candidates per kept row: n * oversample are sampled to tau "
+                            "tokens, the best n finished (the paper keeps 1/M = 1/4).")
+    tau: int = Field(64, ge=1, description="Tokens generated before the partial responses are scored (paper 64).")
 
 
 class RolloutConfig(Section):
@@ -58,6 +72,9 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables it.")
     batch_size: int = Field(256, ge=1, description="Sequences per generate call (memory knob).")
+    early_rejection: EarlyRejectionConfig = Field(
+        EarlyRejectionConfig(), description="Oversample, score partial responses with a PRM at tau tokens, "
+        "finish only the best rollout.n per prompt (off unless early_rejection.scorer is set).")
 
 
 class RewardConfig(Section):
@@ -161,6 +178,14 @@ class Recipe(Section):
             raise ValueError("learner.backend 'deepspeed' is not available yet in this version; use 'torch'")
         if self.rollout.engine == "vllm":
             raise ValueError("rollout.engine 'vllm' is not available yet in this version; use 'hf'")
+        early = self.rollout.early_rejection
+        if early.scorer is not None:
+            from rlvr.rollout.prm import check_spec
+
+            check_spec(early.scorer)
+            if early.tau >= self.rollout.max_new_tokens:
+                raise ValueError(f"rollout.early_rejection.tau: {early.tau} must be smaller than rollout.max_new_tokens "
+                                 f"({self.rollout.max_new_tokens}); partial responses are scored after tau tokens")
         from rlvr import algos
 
         problems = algos.get(self.algorithm.name).Options(**self.algorithm.options()).problems(self)

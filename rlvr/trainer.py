@@ -24,7 +24,9 @@ from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
 from rlvr.rewards.pool import RewardPool, RewardRequest
+from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.prm import load_scorer
 from rlvr.workers.placement import Workers, start_ray
 
 log = logging.getLogger("rlvr")
@@ -76,6 +78,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
         self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
+        early = recipe.rollout.early_rejection
+        self.scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
         self.pool = RewardPool(recipe.reward.function, recipe.reward.num_workers, recipe.reward.timeout_s,
                                recipe.reward.failure_score)
         self.model_dir = resolve_model_path(recipe.model.path)
@@ -125,6 +129,7 @@ class Trainer:
         row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
                     **learner_metrics, **timer.metrics()})
         trained = batch.num_response_tokens * self.recipe.learner.epochs
+        row.update(early_rejection_metrics(source.early_rejection))
         row["tokens/generated"] = source.tokens
         row["tokens/trained"] = trained
         row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
@@ -138,6 +143,19 @@ class Trainer:
         rows = [(i, p) for i, (p, k) in enumerate(zip(prompts, plan)) for _ in range(k)]
         completions = self.workers.generate([tokens[i] for i, _ in rows], sampling)
         return assemble_batch(rows, [tokens[i] for i, _ in rows], completions, self.tokenizer.pad_token_id)
+
+    def generate_early_rejection(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams
+                                 ) -> tuple[RolloutBatch, EarlyRejectionRollout]:
+        """As :meth:`generate`, with PRM early rejection: ``plan[i] * oversample`` candidates per prompt,
+        scored at ``tau`` tokens; the best ``plan[i]`` are finished. The scorer sees the problem text."""
+        early = self.recipe.rollout.early_rejection
+        tokens = [render(p, self.recipe.data.template, self.tokenizer) for p in prompts]
+        result = rollout_with_early_rejection(self.workers.generate, tokens, [p.problem for p in prompts], plan,
+                                              sampling, self.scorer, self.tokenizer, early.oversample, early.tau)
+        rows = [(i, prompts[i]) for i in result.prompt_index]
+        batch = assemble_batch(rows, [tokens[i] for i in result.prompt_index], result.completions,
+                               self.tokenizer.pad_token_id)
+        return batch, result
 
     def score(self, batch: RolloutBatch) -> int:
         """Fill ``rewards``, ``reward_extras`` and ``correct``; returns the number of failed reward calls."""
@@ -248,24 +266,37 @@ class _Source(RolloutSource):
         self.trainer, self.timer, self.step = trainer, timer, step
         self.rounds = self.errors = self.tokens = 0
         self.batches: list[RolloutBatch] = []
+        self.prompts: dict[str, Prompt] = {}
+        self.early_rejection: list[EarlyRejectionRollout] = []  # this step's controlled sampling calls
 
     def next_prompts(self) -> list[Prompt]:
         return self.trainer.stream.next_batch()
 
-    def sample(self, prompts: list[Prompt]) -> RolloutBatch:
+    def prompt(self, prompt_id: str) -> Prompt:
+        return self.prompts[prompt_id]
+
+    def sample(self, prompts: list[Prompt], plan: list[int] | None = None, record: bool = True) -> RolloutBatch:
         t, r = self.trainer, self.trainer.recipe.rollout
+        self.prompts.update((p.id, p) for p in prompts if record)
         # Each round of a step gets its own seed, a pure function of (trainer.seed, step, round).
         seed = _seed(t.recipe.trainer.seed, self.step) + 104729 * self.rounds
         self.rounds += 1
         sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=seed % (2**31),
                                   logprobs=not t.recipe.learner.recompute_old_logprobs)
+        plan = plan or t.algorithm.rollout_plan(len(prompts), r.n)
         with self.timer("generate"):
-            batch = t.generate(prompts, t.algorithm.rollout_plan(len(prompts), r.n), sampling)
+            if t.scorer is None:
+                batch = t.generate(prompts, plan, sampling)
+                self.tokens += batch.num_response_tokens
+            else:
+                batch, result = t.generate_early_rejection(prompts, plan, sampling)
+                self.tokens += result.tokens_generated  # the rejected candidates' partials too
+                self.early_rejection.append(result)
         with self.timer("reward"):
             self.errors += t.score(batch)
-        self.tokens += batch.num_response_tokens
         t.algorithm.shape_rewards(batch)
-        self.batches.append(batch)
+        if record:
+            self.batches.append(batch)
         return batch
 
 
@@ -278,6 +309,23 @@ def advantage_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float
         "adv/nonzero_token_frac": (per_token.sum() / batch.response_mask.sum().clamp(min=1)).item(),
         "adv/mean": (adv.float().mean()).item(),
         "adv/abs_mean": (adv.float().abs().mean()).item(),
+    }
+
+
+def early_rejection_metrics(results: list[EarlyRejectionRollout]) -> dict[str, float]:
+    """A step's early-rejection counts over its sampling calls: rejection rate, candidates, tokens spent on
+    rejected partials, and the mean partial score of the kept rows and of all candidates."""
+    if not results:
+        return {}
+    candidates = sum(r.candidates for r in results)
+    kept = [s for r in results for s in r.partial_scores]
+    scores = [s for r in results for row in r.candidate_scores for s in row]
+    return {
+        "early_rejection/rejection_rate": sum(r.rejected for r in results) / max(candidates, 1),
+        "early_rejection/candidates": float(candidates),
+        "early_rejection/tokens_rejected": float(sum(r.tokens_rejected for r in results)),
+        "early_rejection/kept_score_mean": sum(kept) / max(len(kept), 1),
+        "early_rejection/candidate_score_mean": sum(scores) / max(len(scores), 1),
     }
 
 

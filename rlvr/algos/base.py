@@ -114,6 +114,7 @@ class RunInfo:
     top_k: int = 0
     n: int = 8
     batch_size: int = 32
+    total_steps: int = 100
 
 
 @dataclass
@@ -367,10 +368,18 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float) 
 class RolloutSource:
     """What :meth:`Algorithm.post_rollout` may call to sample more (the trainer implements it)."""
 
+    step: int = 0  # the training step being sampled (1-based)
+
     def next_prompts(self) -> list[Any]:  # the next data.batch_size prompts of the stream
         raise NotImplementedError
 
-    def sample(self, prompts: list[Any]) -> RolloutBatch:  # as planned by the algorithm; scored and shaped
+    def prompt(self, prompt_id: str) -> Any:  # the Prompt of a row sampled this step
+        raise NotImplementedError
+
+    def sample(self, prompts: list[Any], plan: list[int] | None = None, record: bool = True) -> RolloutBatch:
+        """``plan[i]`` samples of ``prompts[i]`` (default the algorithm's ``rollout_plan``), scored and shaped;
+        group ids index ``prompts``. ``record=False``: not part of the step's rollout metrics (hinted
+        samples), though their tokens count in ``tokens/generated``."""
         raise NotImplementedError
 
 

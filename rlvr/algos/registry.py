@@ -42,5 +42,5 @@ def from_recipe(recipe: Recipe) -> Algorithm:
     """The recipe's algorithm, told the run's response length, temperature, group size and batch size."""
     r = recipe.rollout
     run = RunInfo(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, n=r.n,
-                  batch_size=recipe.data.batch_size)
+                  batch_size=recipe.data.batch_size, total_steps=recipe.trainer.total_steps)
     return build(recipe.algorithm.name, run, **recipe.algorithm.options())

@@ -47,17 +47,31 @@ def load_prompts(source: str, problem_key: str = "problem", answer_key: str = "a
         rows = _read_hub(source)
     prompts = []
     for i, row in enumerate(rows[:limit] if limit else rows):
-        missing = [k for k in (problem_key, answer_key) if k not in row]
+        missing = [k for k in (problem_key, answer_key) if _lookup(row, k) is None]
         if missing:
             raise ValueError(
                 f"dataset {source!r} row {i} has no field {missing[0]!r}; its fields are {sorted(row)} "
-                "(set data.problem_key / data.answer_key)"
+                "(set data.problem_key / data.answer_key; a dotted key such as reward_model.ground_truth "
+                "reads a nested field)"
             )
         rest = {k: v for k, v in row.items() if k not in (problem_key, answer_key, "id")}
-        prompts.append(Prompt(str(row.get("id", f"{path.stem}-{i}")), str(row[problem_key]), str(row[answer_key]), rest))
+        prompts.append(Prompt(str(row.get("id", f"{path.stem}-{i}")), str(_lookup(row, problem_key)),
+                              str(_lookup(row, answer_key)), rest))
     if not prompts:
         raise ValueError(f"dataset {source!r} is empty")
     return prompts
+
+
+def _lookup(row: dict[str, Any], key: str) -> Any:
+    """``row[key]``, following dots into nested records (verl parquet: ``reward_model.ground_truth``)."""
+    if key in row:
+        return row[key]
+    value: Any = row
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:

@@ -59,6 +59,9 @@ class TinySpec:
     # then grades wrong), as base models fail to stop; RL's first gains are learning to stop.
     warmup_ramble: float = 0.5
     warmup_label_smoothing: float = 0.0
+    # The fraction of warm-start problems shown with a hint (``8?|47+38=``: a level of the task's hint
+    # ladder), so that the model can use Scaf-GRPO's hints as a base LLM can use written ones.
+    warmup_hint_frac: float = 0.25
     seed: int = 1234
     version: int = 1
 
@@ -110,12 +113,17 @@ def build_model(spec: TinySpec, vocab_size: int):
     return LlamaForCausalLM(config)
 
 
-def _sft_batch(tokenizer, batch: list[arithmetic.Problem], ramble: float, rng: random.Random
+def _sft_batch(tokenizer, batch: list[arithmetic.Problem], ramble: float, rng: random.Random, hint_frac: float = 0.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``prompt + answer [+ junk] + EOS`` ids and labels that train only the response."""
+    """Right-padded ``[hint|]prompt + answer [+ junk] + EOS`` ids and labels that train only the response."""
     rows, labels = [], []
     for p in batch:
-        prompt = tokenizer(p.problem, add_special_tokens=False).input_ids
+        problem = p.problem
+        if rng.random() < hint_frac:  # a random level of a random tier, as Scaf-GRPO's search shows them
+            ladder = arithmetic.hint_ladder(p.answer)
+            hint = rng.choice(ladder[rng.choice(arithmetic.HINT_TIERS)])
+            problem = arithmetic.HINT_TEMPLATE.format(hint=hint, problem=p.problem)
+        prompt = tokenizer(problem, add_special_tokens=False).input_ids
         text = p.answer
         if rng.random() < ramble:
             text += " " + "".join(rng.choice("0123456789+-*=") for _ in range(rng.randint(2, 4)))
@@ -144,7 +152,7 @@ def warm_start(model, tokenizer, spec: TinySpec) -> list[float]:
     rng = random.Random(spec.seed + 1)
     for step in range(spec.warmup_steps):
         chunk = data[step * spec.warmup_batch_size : (step + 1) * spec.warmup_batch_size]
-        ids, labels = _sft_batch(tokenizer, chunk, spec.warmup_ramble, rng)
+        ids, labels = _sft_batch(tokenizer, chunk, spec.warmup_ramble, rng, spec.warmup_hint_frac)
         logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),

@@ -19,7 +19,7 @@ REWARDS: dict[str, str] = {
     "boxed_format": "reward_fns.boxed_format:reward",
 }
 
-_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+SPEC_PATTERN = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
 def resolve(name_or_spec: str) -> str:
@@ -29,7 +29,7 @@ def resolve(name_or_spec: str) -> str:
     """
     if isinstance(name_or_spec, str) and name_or_spec in REWARDS:
         return REWARDS[name_or_spec]
-    if isinstance(name_or_spec, str) and _SPEC.fullmatch(name_or_spec):
+    if isinstance(name_or_spec, str) and SPEC_PATTERN.fullmatch(name_or_spec):
         return name_or_spec
     known = ", ".join(sorted(REWARDS))
     raise ValueError(
@@ -38,19 +38,22 @@ def resolve(name_or_spec: str) -> str:
     )
 
 
-def load_function(spec: str) -> Callable[..., object]:
+def load_function(spec: str, what: str = "reward function",
+                  contract: str = "fn(completion, answer, **fields) -> float | dict") -> Callable[..., object]:
     """Import the callable a ``module:function`` spec (or registered name) points to.
 
     The attribute part may be dotted (``module:Class.method``). Raises ``ValueError`` when the module
     cannot be imported (with the import error), lacks the attribute, or the attribute is not callable.
     """
-    spec = resolve(spec)
+    spec = resolve(spec) if what == "reward function" else spec
+    if not SPEC_PATTERN.fullmatch(spec):
+        raise ValueError(f"{what} {spec!r} is not a 'package.module:function' spec")
     module_name, attribute_path = spec.split(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
         raise ValueError(
-            f"reward function {spec!r}: cannot import module {module_name!r} "
+            f"{what} {spec!r}: cannot import module {module_name!r} "
             f"({type(error).__name__}: {error}); it must be importable from the current sys.path "
             "(install the package, or add its directory to PYTHONPATH)"
         ) from error
@@ -61,14 +64,13 @@ def load_function(spec: str) -> Callable[..., object]:
                 name for name, value in vars(module).items() if callable(value) and not name.startswith("_")
             )
             raise ValueError(
-                f"reward function {spec!r}: module {module_name!r} has no attribute {attribute_path!r}; "
+                f"{what} {spec!r}: module {module_name!r} has no attribute {attribute_path!r}; "
                 f"its public callables are: {', '.join(defined) or '(none)'}"
             )
         target = getattr(target, attribute)
     if not callable(target):
         raise ValueError(
-            f"reward function {spec!r} is a {type(target).__name__}, not a callable; it must be "
-            "fn(completion, answer, **fields) -> float | dict"
+            f"{what} {spec!r} is a {type(target).__name__}, not a callable; it must be {contract}"
         )
     return target
 

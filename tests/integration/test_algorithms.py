@@ -24,6 +24,7 @@ OWN_METRICS = {
     "copo": ["copo/weight_mean"],
     "astar": ["astar/value_mean", "astar/residual_abs_mean"],
     "forking-tokens": ["actor/masked_token_frac"],
+    "scaf_grpo": ["scaf/all_fail_groups", "scaf/rescued_frac", "scaf/hint_samples", "scaf/level/knowledge-1"],
 }
 
 
@@ -34,6 +35,9 @@ def _overrides(model_dir, out, name, **extra):
         values["algorithm.dynamic_sampling_metric"] = "reward"
     if name == "capo":  # at 1e-3 the curvature model predicts too large a step for every token
         values["learner.lr"] = 1e-4
+    if name == "scaf_grpo":  # hints from the first step; short responses count as correct, so some groups fail
+        values.update({"algorithm.hints": "arithmetic", "algorithm.exemption_steps": 0,
+                       "reward.correct_threshold": 0.25})
     if name == "astar":
         values["algorithm.values_path"] = str(out.parent / f"{out.name}-values.jsonl")
         values["algorithm.num_ref_samples"] = 4
@@ -62,6 +66,9 @@ def test_every_algorithm_trains_end_to_end(tiny_model_dir, ray_session, tmp_path
             assert row["actor/grad_norm"] > 0, name
         if name == "astar":
             assert all(row["rollout/num_rows"] == 8 for row in steps)  # one sample per prompt
+        if name == "scaf_grpo":  # every all-fail group searched all 12 hint levels, once each
+            assert all(row["scaf/hint_samples"] == 12 * row["scaf/all_fail_groups"] for row in steps)
+            assert all(row["rollout/num_rows"] == 8 * 4 for row in steps)
         if name == "forking-tokens":
             assert all(0.7 < row["actor/masked_token_frac"] < 0.85 for row in steps)  # 80% of tokens off
 

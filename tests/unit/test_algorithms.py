@@ -16,7 +16,7 @@ from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import RecipeError, build_recipe
 from rlvr.data.prompts import Prompt
 
-ALL = ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo"]
+ALL = ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo", "scaf_grpo"]
 
 
 def _inputs(seed: int = 0, n: int = 4, t: int = 5, **extra) -> LossInputs:

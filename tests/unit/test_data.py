@@ -57,3 +57,26 @@ def test_shared_math500_loads():
     prompts = load_prompts(str(SHARED_DATA / "math500.jsonl"))
     assert len(prompts) == 500 and prompts[0].id == "test/precalculus/807.json"
     assert "subject" in prompts[0].fields
+
+
+def test_verl_style_rows_with_nested_answers_and_hint_columns(tmp_path):
+    # The shape of Scaf-GRPO's data: raw question, gold answer inside reward_model, hint lists beside them.
+    row = {"question": "What is 2+3?", "reward_model": {"ground_truth": "5", "style": "rule"},
+           "knowledge_components_parts": ["addition", "counting on"], "prompt": [{"role": "user", "content": "x"}]}
+    path = tmp_path / "scaf.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    [prompt] = load_prompts(str(path), "question", "reward_model.ground_truth")
+    assert (prompt.problem, prompt.answer) == ("What is 2+3?", "5")
+    assert prompt.fields["knowledge_components_parts"] == ["addition", "counting on"]
+    with pytest.raises(ValueError, match="no field 'reward_model.answer'.*dotted key"):
+        load_prompts(str(path), "question", "reward_model.answer")
+
+
+def test_hint_ladder_levels_reveal_more_of_the_answer():
+    ladder = arithmetic.hint_ladder("-52")
+    assert ladder["knowledge"] == ["???", "??2", "?52", "-52"]  # length, then from the ones digit
+    assert ladder["planning"] == ["-??", "-5?", "-52", "-52"]  # from the leading character
+    assert ladder["solution"] == ["-52"] * 4
+    for levels in ladder.values():
+        revealed = [sum(c != "?" for c in level) for level in levels]
+        assert revealed == sorted(revealed)  # cumulative

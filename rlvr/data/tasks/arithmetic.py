@@ -5,6 +5,11 @@ A problem is an expression such as ``47+385=`` or ``23*7=`` and its answer the i
 :func:`rlvr.rewards.grading.grade`, the grader the math reward and ``rlvr eval`` use, so the tiny task
 exercises the same path as MATH500.
 
+Hints (for Scaf-GRPO, :mod:`rlvr.algos.scaf`): :func:`hint_ladder` gives three tiers of four levels, each
+level the answer with some characters masked (``??`` says the length, ``?5`` the ones digit, ``8?`` the
+leading digit), shown before the problem as ``HINT_TEMPLATE`` does (``8?|47+38=``). The tiny model's warm
+start includes such hinted problems, as a base LLM's pretraining includes worked hints, so it can use them.
+
 Problems are a pure function of ``(split, index)``: the held-out split is fixed forever (the same 500+
 problems on every machine), and a problem that appears in the held-out split never appears in ``train``.
 """
@@ -16,6 +21,8 @@ import random
 from dataclasses import dataclass
 
 HELDOUT_SIZE = 512
+HINT_TEMPLATE = "{hint}|{problem}"  # hint before the problem: the problem still ends the prompt
+HINT_TIERS = ("knowledge", "planning", "solution")
 
 # Operation -> (operand ranges). Sums of two 3-digit numbers and products of a 2-digit by a 1-digit
 # number: hard enough that a briefly warm-started 1M-parameter model makes mistakes, easy enough that
@@ -64,3 +71,26 @@ def problems(split: str, count: int, seed: int = 0) -> list[Problem]:
         seen.add(expression)
         out.append(Problem(id=f"arith-{split}-{len(out)}", problem=expression, answer=answer))
     return out
+
+
+def masked(answer: str, revealed: set[int]) -> str:
+    """``answer`` with every character whose index is not in ``revealed`` replaced by ``?``."""
+    return "".join(c if i in revealed else "?" for i, c in enumerate(answer))
+
+
+def hint_ladder(answer: str, levels: int = 4) -> dict[str, list[str]]:
+    """Tiered hints for one problem, ``levels`` cumulative levels per tier (Scaf-GRPO's shape):
+
+    - knowledge: level 1 gives only the answer's length, each further level one more character from the
+      right (the ones digit is the "rule" knowledge: it follows from the operands' ones digits);
+    - planning: level ``l`` gives the first ``l`` characters (the magnitude first);
+    - solution: the whole answer at every level (the worked solution).
+
+    Levels past the answer's length repeat the full answer.
+    """
+    k = len(answer)
+    return {
+        "knowledge": [masked(answer, set(range(k - level + 1, k))) for level in range(1, levels + 1)],
+        "planning": [masked(answer, set(range(level))) for level in range(1, levels + 1)],
+        "solution": [answer] * levels,
+    }

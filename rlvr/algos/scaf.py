@@ -1,0 +1,280 @@
+"""Scaf-GRPO, scaffolded GRPO (Zhang et al., arXiv 2510.19807; ALGORITHMS.md section 4).
+
+The loss is GRPO's; only the group changes ("on-policy batch augmentation"). After an exemption period,
+for each group whose ``n`` rollouts all fail, a hierarchical hint search runs: tiers ``knowledge ->
+planning -> solution``, each with cumulative levels ``C_c^l = {h_c^1 .. h_c^l}``; for each level the
+prompt ``q (+) C_c^l`` gets one on-policy sample, and the first correct one (the lowest level in that
+order) replaces one failed row of the group. Its ratio is computed on the hinted prompt (the row carries
+the hinted prompt's tokens, so the learner's old and new log-probs are ``pi(o | q (+) h*)``: the paper's
+on-policy variant; the off-policy ``pi(o|q) / pi_old(o|q (+) h*)`` destabilises training, App. F.5).
+A rescued binary group of 8 is 1 correct / 7 wrong; a group with no successful hint stays all-fail
+(zero advantage).
+
+Defaults and departures:
+
+* Exemption: the first ``exemption_frac`` = 15% of ``trainer.total_steps`` (paper; the released code uses a
+  fixed ``warmup_steps=50``: set ``exemption_steps: 50``).
+* Tiers: all three, as the paper describes. The released ``build_new_message`` has the planning tier
+  commented out (8 levels: knowledge 1-4, solution 1-4): set ``hint_tiers: [knowledge, solution]``.
+* Search: ``parallel`` (the code: one sample of every level of every all-fail prompt in one generation
+  call, the lowest successful level wins) or ``sequential`` (the paper's Algorithm 1: level by level,
+  stopping each prompt at its first success; levels are still batched across prompts). Both give the same
+  outcome in distribution; sequential samples fewer hints, parallel needs one generation call.
+* Replaced row: the first of the group (code; ``replace_row: random`` for the paper's random failed one).
+* Hint prompt: ``Question: {problem}\\n{Tier} Hints: {levels joined by spaces}`` inside the recipe's
+  template (the code's ``build_new_message``, whose system prompt is the ``qwen-boxed`` template's).
+
+Hints come from the dataset (``hints: fields``: the columns of HF ``hkuzxc/scaf-grpo-dataset``, lists of
+four items per tier), from the tiny arithmetic task (``hints: arithmetic``,
+:func:`rlvr.data.tasks.arithmetic.hint_ladder`), or from a user function (``hints: module:function``,
+``fn(problem, answer, **fields) -> {tier: [level-1 text, level-2 text, ...]}``).
+
+Metrics: ``scaf/all_fail_groups``, ``scaf/rescued_frac`` (rescued / all-fail groups), ``scaf/hint_samples``,
+``scaf/hint_accuracy`` and the level histogram ``scaf/level/<tier>-<level>`` (rescues per level).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from rlvr.algos.base import AlgorithmOptions, ClippedOptions, RolloutSource
+from rlvr.algos.grpo import GRPOBase
+from rlvr.algos.registry import register
+
+Tier = Literal["knowledge", "planning", "solution"]
+TIERS: tuple[str, ...] = ("knowledge", "planning", "solution")
+PAPER_TEMPLATE = "Question: {problem}\n{tier} Hints: {hint}"
+DATASET_FIELDS = {"knowledge": "knowledge_components_parts", "planning": "planning_skeleton_parts",
+                  "solution": "solution_breakdown_parts"}
+
+HintLadder = list[tuple[str, int, str]]  # (tier, level from 1, hint text) in search order
+
+
+class ScafGRPOOptions(ClippedOptions):
+    exemption_steps: int | None = Field(
+        None, ge=0, description="Steps without hints (authors' code: 50); null: exemption_frac of total_steps.")
+    exemption_frac: float = Field(0.15, ge=0.0, lt=1.0, description="Exemption as a fraction of "
+                                  "trainer.total_steps (paper: 15%; 10-40% plateau, 0-5% worse).")
+    hints: str = Field("fields", description="Where hints come from: 'fields' (dataset columns, hint_fields), "
+                       "'arithmetic' (the tiny task's own ladder) or a 'module:function' spec returning "
+                       "{tier: [level texts]} from fn(problem, answer, **fields).")
+    hint_fields: dict[Tier, str] = Field(default_factory=lambda: dict(DATASET_FIELDS),
+                                         description="hints: fields - the dataset column of each tier's items.")
+    hint_tiers: list[Tier] = Field(list(TIERS), min_length=1, description="Tiers searched, in this order "
+                                   "(authors' code: knowledge, solution).")
+    hint_levels: int = Field(4, ge=1, description="Cumulative levels per tier (paper: 4).")
+    hint_template: str | None = Field(
+        None, description="The hinted problem, with {problem}, {hint} and optionally {tier}; default the "
+        "authors' 'Question: {problem}\\n{tier} Hints: {hint}' (the arithmetic task: '{hint}|{problem}').")
+    hint_join: str = Field(" ", description="hints: fields - how a level's items are joined (authors: space).")
+    hint_search: Literal["parallel", "sequential"] = Field(
+        "parallel", description="All levels sampled at once, lowest success wins (code), or level by level "
+        "with early stop (paper).")
+    replace_row: Literal["first", "random"] = Field("first", description="The failed row a rescue replaces: "
+                                                    "the group's first (code) or a random one (paper).")
+
+    @field_validator("hint_template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            for name in ("{problem}", "{hint}"):
+                if name not in value:
+                    raise ValueError(f"must contain {name} (allowed placeholders: {{problem}}, {{hint}}, {{tier}})")
+        return value
+
+    @field_validator("hint_tiers")
+    @classmethod
+    def _unique_tiers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tier twice ({value}); tiers are {', '.join(TIERS)}")
+        return value
+
+    @field_validator("hints")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in ("fields", "arithmetic") and ":" not in value:
+            raise ValueError(f"{value!r} is not 'fields', 'arithmetic' or a 'package.module:function' spec")
+        return value
+
+    def problems(self, recipe) -> list[str]:
+        out = super().problems(recipe)
+        if recipe.rollout.n < 2:
+            out.append("algorithm: scaf_grpo needs rollout.n >= 2: a rescued group of one sample has no advantage")
+        if self.dynamic_sampling:
+            out.append("algorithm.dynamic_sampling: scaf_grpo rescues all-fail groups instead of dropping them; "
+                       "use one or the other")
+        return out
+
+    def template(self) -> str:
+        if self.hint_template is not None:
+            return self.hint_template
+        if self.hints == "arithmetic":
+            from rlvr.data.tasks.arithmetic import HINT_TEMPLATE
+
+            return HINT_TEMPLATE
+        return PAPER_TEMPLATE
+
+
+@register
+class ScafGRPO(GRPOBase):
+    """Scaf-GRPO: GRPO whose all-fail groups are rescued by on-policy samples of tiered hinted prompts."""
+
+    name = "scaf_grpo"
+    Options: ClassVar[type[AlgorithmOptions]] = ScafGRPOOptions
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._provider: Callable[[Any], dict[str, list[str]]] | None = None
+
+    @property
+    def exemption_end(self) -> int:
+        """The last step without hints."""
+        o = self.options
+        return o.exemption_steps if o.exemption_steps is not None else round(o.exemption_frac * self.run.total_steps)
+
+    # -- hints -------------------------------------------------------------------------------------
+    def provider(self) -> Callable[[Any], dict[str, list[str]]]:
+        if self._provider is None:
+            self._provider = hint_provider(self.options)
+        return self._provider
+
+    def ladder(self, prompt) -> HintLadder:
+        """The hinted variants of ``prompt`` in search order: tiers in ``hint_tiers`` order, levels 1..L."""
+        levels = self.provider()(prompt)
+        return [(tier, level, text) for tier in self.options.hint_tiers
+                for level, text in enumerate(levels.get(tier, [])[: self.options.hint_levels], 1)]
+
+    def hinted(self, prompt, tier: str, text: str):
+        """``prompt`` with its problem replaced by the hinted problem (same id, answer and fields)."""
+        problem = self.options.template().format(problem=prompt.problem, hint=text, tier=tier.capitalize())
+        return dataclasses.replace(prompt, problem=problem)
+
+    def prepare_prompts(self, prompts: list[Any], recipe) -> list[Any]:
+        """Fail before any work when no training prompt has a hint (wrong ``hint_fields``, say)."""
+        sample = prompts[: min(len(prompts), 256)]
+        if not any(self.ladder(p) for p in sample):
+            o = self.options
+            where = (f"none of the hint fields {sorted(o.hint_fields[t] for t in o.hint_tiers)} is a non-empty list "
+                     f"in the first {len(sample)} prompts of {recipe.data.train!r} (their fields: "
+                     f"{sorted(prompts[0].fields)}); set algorithm.hint_fields, or algorithm.hints: arithmetic "
+                     "for the tiny task" if o.hints == "fields" else f"{o.hints} returned no hints")
+            raise ValueError(f"scaf_grpo: {where}")
+        return prompts
+
+    # -- the search --------------------------------------------------------------------------------
+    def post_rollout(self, batch, source: RolloutSource):
+        if source.step <= self.exemption_end:
+            self.record({"scaf/exempt": 1.0})
+            return batch
+        groups = list(dict.fromkeys(batch.group.tolist()))
+        fails = [g for g in groups if not bool(batch.correct[batch.group == g].any())]
+        prompts = {g: source.prompt(batch.prompt_id[_first_row(batch, g)]) for g in fails}
+        ladders = {g: [(tier, level, self.hinted(prompts[g], tier, text))
+                       for tier, level, text in self.ladder(prompts[g])] for g in fails}
+        search = self._search_parallel if self.options.hint_search == "parallel" else self._search_sequential
+        found, sampled, correct = search(ladders, source)
+        metrics = {"scaf/exempt": 0.0, "scaf/all_fail_groups": float(len(fails)),
+                   "scaf/all_fail_frac": len(fails) / max(len(groups), 1), "scaf/rescued_groups": float(len(found)),
+                   "scaf/rescued_frac": len(found) / len(fails) if fails else 0.0,
+                   "scaf/hint_samples": float(sampled), "scaf/hint_accuracy": correct / sampled if sampled else 0.0}
+        for tier in self.options.hint_tiers:
+            for level in range(1, self.options.hint_levels + 1):
+                metrics[f"scaf/level/{tier}-{level}"] = float(sum(1 for _, _, t, lv in found.values()
+                                                                  if (t, lv) == (tier, level)))
+        self.record(metrics)
+        return self.replace_rows(batch, found, source.step) if found else batch
+
+    def _search_parallel(self, ladders: dict[int, list[tuple]], source: RolloutSource):
+        """One sample of every level of every all-fail prompt in one call; the first success in ladder order."""
+        requests = [(g, k) for g, ladder in ladders.items() for k in range(len(ladder))]
+        if not requests:
+            return {}, 0, 0
+        hinted = source.sample([ladders[g][k][2] for g, k in requests], [1] * len(requests), record=False)
+        found: dict[int, tuple] = {}
+        for j, (g, k) in enumerate(requests):
+            if g not in found and bool(hinted.correct[j]):
+                tier, level, _ = ladders[g][k]
+                found[g] = (hinted, j, tier, level)
+        return found, len(requests), int(hinted.correct.sum())
+
+    def _search_sequential(self, ladders: dict[int, list[tuple]], source: RolloutSource):
+        """Level k of every still-unrescued prompt per call, until each succeeds or runs out of levels."""
+        found: dict[int, tuple] = {}
+        sampled = correct = 0
+        for k in range(max((len(ladder) for ladder in ladders.values()), default=0)):
+            todo = [g for g, ladder in ladders.items() if g not in found and k < len(ladder)]
+            if not todo:
+                break
+            hinted = source.sample([ladders[g][k][2] for g in todo], [1] * len(todo), record=False)
+            sampled, correct = sampled + len(todo), correct + int(hinted.correct.sum())
+            for j, g in enumerate(todo):
+                if bool(hinted.correct[j]):
+                    tier, level, _ = ladders[g][k]
+                    found[g] = (hinted, j, tier, level)
+        return found, sampled, correct
+
+    def replace_rows(self, batch, found: dict[int, tuple], step: int):
+        """``batch`` with one failed row of each rescued group replaced by its successful hinted sample."""
+        from rlvr.batch import concat_batches
+
+        rescues = []
+        for g, (hinted, j, _, _) in found.items():
+            row = hinted.select([j])
+            row.group = torch.tensor([g], dtype=torch.long)
+            rescues.append(row)
+        combined = concat_batches([batch, *rescues])
+        index = list(range(len(batch)))
+        for m, g in enumerate(found):
+            members = [i for i, x in enumerate(batch.group.tolist()) if x == g]
+            victim = members[0] if self.options.replace_row == "first" else \
+                random.Random(step * 1_000_003 + g).choice(members)
+            index[victim] = len(batch) + m
+        return combined.select(index)
+
+
+def _first_row(batch, group: int) -> int:
+    return int((batch.group == group).nonzero()[0, 0])
+
+
+def hint_provider(options: ScafGRPOOptions) -> Callable[[Any], dict[str, list[str]]]:
+    """``prompt -> {tier: [level-1 text, ...]}`` for the options' ``hints`` source."""
+    if options.hints == "arithmetic":
+        from rlvr.data.tasks.arithmetic import hint_ladder
+
+        return lambda prompt: hint_ladder(prompt.answer, options.hint_levels)
+    if options.hints == "fields":
+        return lambda prompt: field_hints(prompt.fields, options.hint_fields, options.hint_join)
+    from rlvr.rewards.registry import load_function
+
+    fn = load_function(options.hints, "hint function",
+                       "fn(problem, answer, **fields) -> {tier: [level-1 text, level-2 text, ...]}")
+
+    def user(prompt) -> dict[str, list[str]]:
+        out = fn(prompt.problem, prompt.answer, **prompt.fields)
+        if not isinstance(out, dict) or not all(isinstance(v, list) for v in out.values()):
+            raise ValueError(f"hint function {options.hints!r} returned {type(out).__name__}; it must return "
+                             f"{{tier: [level texts]}} with tiers among {', '.join(TIERS)}")
+        return {tier: [str(text) for text in texts] for tier, texts in out.items()}
+
+    return user
+
+
+def field_hints(fields: dict[str, Any], columns: dict[str, str], join: str) -> dict[str, list[str]]:
+    """Cumulative levels from per-tier item lists: level ``l`` is the first ``l`` items joined (paper C_c^l)."""
+    out = {}
+    for tier, column in columns.items():
+        items = fields.get(column)
+        if hasattr(items, "tolist"):  # numpy arrays from parquet readers
+            items = items.tolist()
+        if isinstance(items, str):
+            items = [items]
+        if items:
+            items = [str(item) for item in items]
+            out[tier] = [join.join(items[:level]) for level in range(1, len(items) + 1)]
+    return out

@@ -119,10 +119,8 @@ def _sft_batch(tokenizer, batch: list[arithmetic.Problem], ramble: float, rng: r
     rows, labels = [], []
     for p in batch:
         problem = p.problem
-        if rng.random() < hint_frac:  # a random level of a random tier, as Scaf-GRPO's search shows them
-            ladder = arithmetic.hint_ladder(p.answer)
-            hint = rng.choice(ladder[rng.choice(arithmetic.HINT_TIERS)])
-            problem = arithmetic.HINT_TEMPLATE.format(hint=hint, problem=p.problem)
+        if rng.random() < hint_frac:  # a hint pattern as Scaf-GRPO's search shows them
+            problem = arithmetic.HINT_TEMPLATE.format(hint=arithmetic.warmup_hint(p.answer, rng), problem=p.problem)
         prompt = tokenizer(problem, add_special_tokens=False).input_ids
         text = p.answer
         if rng.random() < ramble:

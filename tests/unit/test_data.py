@@ -1,6 +1,7 @@
 """The tiny task's splits and the prompt stream's order and checkpointable position."""
 
 import json
+import random
 
 import pytest
 
@@ -74,9 +75,13 @@ def test_verl_style_rows_with_nested_answers_and_hint_columns(tmp_path):
 
 def test_hint_ladder_levels_reveal_more_of_the_answer():
     ladder = arithmetic.hint_ladder("-52")
-    assert ladder["knowledge"] == ["???", "??2", "?52", "-52"]  # length, then from the ones digit
-    assert ladder["planning"] == ["-??", "-5?", "-52", "-52"]  # from the leading character
+    assert ladder["knowledge"] == ["???", "-??", "-5?", "-52"]  # length, then from the leading character
+    assert ladder["planning"] == ["??2", "?52", "-52", "-52"]  # from the ones digit
     assert ladder["solution"] == ["-52"] * 4
     for levels in ladder.values():
         revealed = [sum(c != "?" for c in level) for level in levels]
         assert revealed == sorted(revealed)  # cumulative
+    # The warm start shows every pattern of the ladder (and nothing the ladder never shows).
+    rng = random.Random(0)
+    shown = {arithmetic.warmup_hint("-52", rng) for _ in range(500)}
+    assert shown == {h for levels in ladder.values() for h in levels}

@@ -66,7 +66,7 @@ def source_factory(tiny_model_dir):
 
 
 def test_ladder_is_three_tiers_of_four_cumulative_levels():
-    assert hint_ladder("581") == {"knowledge": ["???", "??1", "?81", "581"], "planning": ["5??", "58?", "581", "581"],
+    assert hint_ladder("581") == {"knowledge": ["???", "5??", "58?", "581"], "planning": ["??1", "?81", "581", "581"],
                                   "solution": ["581"] * 4}
     scaf = _scaf()
     ladder = scaf.ladder(PROMPTS[0])
@@ -96,14 +96,14 @@ def test_parallel_search_samples_every_level_once_and_keeps_the_lowest_success(s
     metrics = scaf.pop_metrics()
     assert metrics["scaf/all_fail_groups"] == 3 and metrics["scaf/rescued_frac"] == 1.0
     assert metrics["scaf/hint_samples"] == 36
-    # Knowledge level 3 is the first to reveal two characters: "?85"-style hints ("85" for 47+38, "?81" for 581).
+    # Knowledge level 3 is the first to reveal two characters ("85" for 47+38, "58?" for 7*83).
     assert metrics["scaf/level/knowledge-3"] == 3
     assert sum(v for k, v in metrics.items() if k.startswith("scaf/level/")) == 3
-    _check_replacement(batch, out, source, {0: "85|47+38=", 1: "?81|7*83=", 2: "22|12+10="})
+    _check_replacement(batch, out, source, {0: "85|47+38=", 1: "58?|7*83=", 2: "22|12+10="})
 
 
 def test_sequential_search_stops_each_prompt_at_its_first_success(source_factory):
-    # "a" succeeds at knowledge level 2, "b" never, "c" at planning level 1 (after the 4 knowledge levels).
+    # "c" succeeds at knowledge level 2, "a" at planning level 1 (after the 4 knowledge levels), "b" never.
     def is_correct(problem):
         return problem in ("?5|47+38=", "2?|12+10=")
 
@@ -114,7 +114,9 @@ def test_sequential_search_stops_each_prompt_at_its_first_success(source_factory
     hinted_calls = source.calls[1:]
     assert [len(c) for c in hinted_calls] == [3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1]
     assert hinted_calls[0] == ["??|47+38=", "???|7*83=", "??|12+10="]
-    assert "?5|47+38=" in hinted_calls[1] and not any("47+38" in p for c in hinted_calls[2:] for p in c)
+    assert hinted_calls[1] == ["8?|47+38=", "5??|7*83=", "2?|12+10="]
+    assert not any("12+10" in p for c in hinted_calls[2:] for p in c)
+    assert hinted_calls[4] == ["?5|47+38=", "??1|7*83="] and not any("47+38" in p for c in hinted_calls[5:] for p in c)
     metrics = scaf.pop_metrics()
     assert metrics["scaf/rescued_groups"] == 2 and metrics["scaf/rescued_frac"] == pytest.approx(2 / 3)
     assert metrics["scaf/level/knowledge-2"] == 1 and metrics["scaf/level/planning-1"] == 1

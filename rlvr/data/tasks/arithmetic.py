@@ -6,8 +6,8 @@ A problem is an expression such as ``47+385=`` or ``23*7=`` and its answer the i
 exercises the same path as MATH500.
 
 Hints (for Scaf-GRPO, :mod:`rlvr.algos.scaf`): :func:`hint_ladder` gives three tiers of four levels, each
-level the answer with some characters masked (``??`` says the length, ``?5`` the ones digit, ``8?`` the
-leading digit), shown before the problem as ``HINT_TEMPLATE`` does (``8?|47+38=``). The tiny model's warm
+level the answer with some characters masked (``??`` says the length, ``8?`` the leading digit, ``?5``
+the ones digit), shown before the problem as ``HINT_TEMPLATE`` does (``8?|47+38=``). The tiny model's warm
 start includes such hinted problems, as a base LLM's pretraining includes worked hints, so it can use them.
 
 Problems are a pure function of ``(split, index)``: the held-out split is fixed forever (the same 500+
@@ -78,19 +78,38 @@ def masked(answer: str, revealed: set[int]) -> str:
     return "".join(c if i in revealed else "?" for i, c in enumerate(answer))
 
 
-def hint_ladder(answer: str, levels: int = 4) -> dict[str, list[str]]:
-    """Tiered hints for one problem, ``levels`` cumulative levels per tier (Scaf-GRPO's shape):
+def reveal_left(answer: str, count: int) -> str:
+    """``answer`` with only its first ``count`` characters shown (``8?`` for 85 and 1)."""
+    return masked(answer, set(range(count)))
 
-    - knowledge: level 1 gives only the answer's length, each further level one more character from the
-      right (the ones digit is the "rule" knowledge: it follows from the operands' ones digits);
-    - planning: level ``l`` gives the first ``l`` characters (the magnitude first);
+
+def reveal_right(answer: str, count: int) -> str:
+    """``answer`` with only its last ``count`` characters shown (``?5`` for 85 and 1)."""
+    return masked(answer, set(range(len(answer) - count, len(answer))))
+
+
+def hint_ladder(answer: str, levels: int = 4) -> dict[str, list[str]]:
+    """Tiered hints for one problem, ``levels`` cumulative levels per tier (Scaf-GRPO's shape), from the
+    least help to the most:
+
+    - knowledge: level 1 gives only the answer's length, each further level one more leading character
+      (the magnitude: an estimate, leaving the ones digit, the model's usual slip, to the model);
+    - planning: level ``l`` gives the last ``l`` characters (the ones column first, as written sums go);
     - solution: the whole answer at every level (the worked solution).
 
     Levels past the answer's length repeat the full answer.
     """
-    k = len(answer)
     return {
-        "knowledge": [masked(answer, set(range(k - level + 1, k))) for level in range(1, levels + 1)],
-        "planning": [masked(answer, set(range(level))) for level in range(1, levels + 1)],
+        "knowledge": [reveal_left(answer, level - 1) for level in range(1, levels + 1)],
+        "planning": [reveal_right(answer, level) for level in range(1, levels + 1)],
         "solution": [answer] * levels,
     }
+
+
+def warmup_hint(answer: str, rng: random.Random) -> str:
+    """A hint as the tiny model's warm start shows them: a random mask family, then a random one of four
+    levels: the last 0-3 characters, the first 1-4, or the whole answer. Every pattern of
+    :func:`hint_ladder` is among them. Fixed: a change here changes the warm-started model."""
+    family = rng.choice(("right", "left", "full"))
+    level = rng.randrange(4)
+    return {"right": reveal_right(answer, level), "left": reveal_left(answer, level + 1), "full": answer}[family]

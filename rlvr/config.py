@@ -57,8 +57,9 @@ class EarlyRejectionConfig(Section):
     scorer: str | None = Field(None, description="Scorer of partial responses: 'arithmetic' (the tiny task), "
                                "'math-shepherd:PATH', 'qwen-prm:PATH', or a 'module:function' with "
                                "fn(prompt, partial_response) -> float; null: off (plain sampling).")
-    scorer_options: dict[str, Any] = Field(default_factory=dict, description="Options of a PRM scorer's "
-                                           "from_pretrained: dtype, trust_remote_code, step_delimiter, batch_size, device.")
+    scorer_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of a PRM scorer's from_pretrained: dtype, trust_remote_code, "
+        "step_delimiter, batch_size, device.")
     oversample: int = Field(4, ge=2, description="Candidates per kept row: n * oversample are sampled to tau "
                             "tokens, the best n finished (the paper keeps 1/M = 1/4).")
     tau: int = Field(64, ge=1, description="Tokens generated before the partial responses are scored (paper 64).")
@@ -182,10 +183,14 @@ class Recipe(Section):
         if early.scorer is not None:
             from rlvr.rollout.prm import check_spec
 
-            check_spec(early.scorer)
+            try:
+                check_spec(early.scorer)
+            except ValueError as error:
+                raise ValueError(f"rollout.early_rejection.scorer: {error}") from None
             if early.tau >= self.rollout.max_new_tokens:
-                raise ValueError(f"rollout.early_rejection.tau: {early.tau} must be smaller than rollout.max_new_tokens "
-                                 f"({self.rollout.max_new_tokens}); partial responses are scored after tau tokens")
+                raise ValueError(f"rollout.early_rejection.tau: {early.tau} must be smaller than "
+                                 f"rollout.max_new_tokens ({self.rollout.max_new_tokens}); partial responses are "
+                                 "scored after tau tokens")
         from rlvr import algos
 
         problems = algos.get(self.algorithm.name).Options(**self.algorithm.options()).problems(self)

@@ -24,7 +24,7 @@ from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
 from rlvr.rewards.pool import RewardPool, RewardRequest
-from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection
+from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection, step_metrics
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.prm import load_scorer
 from rlvr.workers.placement import Workers, start_ray
@@ -129,7 +129,8 @@ class Trainer:
         row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
                     **learner_metrics, **timer.metrics()})
         trained = batch.num_response_tokens * self.recipe.learner.epochs
-        row.update(early_rejection_metrics(source.early_rejection))
+        if source.early_rejection:
+            row.update(step_metrics(source.early_rejection))
         row["tokens/generated"] = source.tokens
         row["tokens/trained"] = trained
         row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
@@ -309,23 +310,6 @@ def advantage_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float
         "adv/nonzero_token_frac": (per_token.sum() / batch.response_mask.sum().clamp(min=1)).item(),
         "adv/mean": (adv.float().mean()).item(),
         "adv/abs_mean": (adv.float().abs().mean()).item(),
-    }
-
-
-def early_rejection_metrics(results: list[EarlyRejectionRollout]) -> dict[str, float]:
-    """A step's early-rejection counts over its sampling calls: rejection rate, candidates, tokens spent on
-    rejected partials, and the mean partial score of the kept rows and of all candidates."""
-    if not results:
-        return {}
-    candidates = sum(r.candidates for r in results)
-    kept = [s for r in results for s in r.partial_scores]
-    scores = [s for r in results for row in r.candidate_scores for s in row]
-    return {
-        "early_rejection/rejection_rate": sum(r.rejected for r in results) / max(candidates, 1),
-        "early_rejection/candidates": float(candidates),
-        "early_rejection/tokens_rejected": float(sum(r.tokens_rejected for r in results)),
-        "early_rejection/kept_score_mean": sum(kept) / max(len(kept), 1),
-        "early_rejection/candidate_score_mean": sum(scores) / max(len(scores), 1),
     }
 
 

@@ -250,9 +250,9 @@ def hint_provider(options: ScafGRPOOptions) -> Callable[[Any], dict[str, list[st
         return lambda prompt: hint_ladder(prompt.answer, options.hint_levels)
     if options.hints == "fields":
         return lambda prompt: field_hints(prompt.fields, options.hint_fields, options.hint_join)
-    from rlvr.rewards.registry import load_function
+    from rlvr.rewards.registry import import_callable
 
-    fn = load_function(options.hints, "hint function",
+    fn = import_callable(options.hints, "hint function",
                        "fn(problem, answer, **fields) -> {tier: [level-1 text, level-2 text, ...]}")
 
     def user(prompt) -> dict[str, list[str]]:

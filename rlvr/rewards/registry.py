@@ -38,14 +38,17 @@ def resolve(name_or_spec: str) -> str:
     )
 
 
-def load_function(spec: str, what: str = "reward function",
-                  contract: str = "fn(completion, answer, **fields) -> float | dict") -> Callable[..., object]:
-    """Import the callable a ``module:function`` spec (or registered name) points to.
+def load_function(spec: str) -> Callable[..., object]:
+    """Import the reward function a ``module:function`` spec (or registered name) points to."""
+    return import_callable(resolve(spec), "reward function", "fn(completion, answer, **fields) -> float | dict")
+
+
+def import_callable(spec: str, what: str, contract: str) -> Callable[..., object]:
+    """Import the callable a ``module:function`` spec points to; ``what`` and ``contract`` name it in errors.
 
     The attribute part may be dotted (``module:Class.method``). Raises ``ValueError`` when the module
     cannot be imported (with the import error), lacks the attribute, or the attribute is not callable.
     """
-    spec = resolve(spec) if what == "reward function" else spec
     if not SPEC_PATTERN.fullmatch(spec):
         raise ValueError(f"{what} {spec!r} is not a 'package.module:function' spec")
     module_name, attribute_path = spec.split(":")

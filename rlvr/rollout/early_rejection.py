@@ -118,15 +118,24 @@ class EarlyRejectionRollout:
         return self.rejected / self.candidates if self.candidates else 0.0
 
     def metrics(self) -> dict[str, float]:
-        """Per-step metrics for the training log."""
-        return {
-            "early_rejection/rejection_rate": self.rejection_rate,
-            "early_rejection/candidates": float(self.candidates),
-            "early_rejection/tokens_generated": float(self.tokens_generated),
-            "early_rejection/tokens_rejected": float(self.tokens_rejected),
-            "early_rejection/kept_score_mean": _mean(self.partial_scores),
-            "early_rejection/candidate_score_mean": _mean([s for row in self.candidate_scores for s in row]),
-        }
+        """This call's metrics for the training log (:func:`step_metrics` of it alone)."""
+        return step_metrics([self])
+
+
+def step_metrics(results: Sequence[EarlyRejectionRollout]) -> dict[str, float]:
+    """A training step's early-rejection metrics over its sampling calls: rejection rate, candidates,
+    tokens generated and spent on rejected partials, mean partial score of the kept rows and of all."""
+    candidates = sum(r.candidates for r in results)
+    kept = [s for r in results for s in r.partial_scores]
+    scores = [s for r in results for row in r.candidate_scores for s in row]
+    return {
+        "early_rejection/rejection_rate": sum(r.rejected for r in results) / candidates if candidates else 0.0,
+        "early_rejection/candidates": float(candidates),
+        "early_rejection/tokens_generated": float(sum(r.tokens_generated for r in results)),
+        "early_rejection/tokens_rejected": float(sum(r.tokens_rejected for r in results)),
+        "early_rejection/kept_score_mean": sum(kept) / len(kept) if kept else 0.0,
+        "early_rejection/candidate_score_mean": sum(scores) / len(scores) if scores else 0.0,
+    }
 
 
 def partial_beam_search(
@@ -425,10 +434,6 @@ def _scores(scorer: Scorer, prompts: list[str], partials: list[str]) -> list[flo
 
 def _rank(score: float) -> float:
     return -math.inf if math.isnan(score) else score
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def _as_generate(generate) -> Generate:

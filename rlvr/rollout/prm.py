@@ -307,15 +307,18 @@ class QwenPRM(_TokenPRM):
         return logits.float().softmax(-1)[:, 1]
 
 
+PRMS = {"math-shepherd": MathShepherdPRM, "qwen-prm": QwenPRM}
+
+
 def check_spec(spec: str) -> None:
-    """Check the form of a scorer spec without loading anything (recipe validation)."""
-    kind, _, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-    if spec == "arithmetic" or (kind in ("math-shepherd", "qwen-prm") and path):
-        return
+    """Check the form of a scorer spec without loading anything; ``ValueError`` naming what is wrong."""
     from rlvr.rewards.registry import SPEC_PATTERN
 
-    if not (isinstance(spec, str) and SPEC_PATTERN.fullmatch(spec)) or kind in ("math-shepherd", "qwen-prm"):
-        raise ValueError(f"rollout.early_rejection.scorer: {spec!r} is not one of {', '.join(SPECS)}")
+    kind, _, path = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if kind in PRMS and not path:
+        raise ValueError(f"scorer spec {spec!r} names no checkpoint; write '{kind}:PATH' with a local directory")
+    if not (spec == "arithmetic" or kind in PRMS or SPEC_PATTERN.fullmatch(spec or "")):
+        raise ValueError(f"scorer spec {spec!r} is unknown; use one of {', '.join(SPECS)}")
 
 
 def load_scorer(spec: str, **options: Any) -> Scorer:
@@ -323,25 +326,19 @@ def load_scorer(spec: str, **options: Any) -> Scorer:
     checkpoint directory; ``options`` go to ``from_pretrained``: ``dtype``, ``trust_remote_code``,
     ``step_delimiter``, ``batch_size``, ``device``...) or ``"package.module:function"`` naming a user
     function ``fn(prompt, partial_response) -> float``. Raises ``ValueError`` naming what is wrong."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"scorer spec {spec!r} is not one of {', '.join(SPECS)}")
-    prms = {"math-shepherd": MathShepherdPRM, "qwen-prm": QwenPRM}
+    check_spec(spec)
     kind, _, path = spec.partition(":")
-    if kind in prms:
-        if not path:
-            raise ValueError(f"scorer spec {spec!r} names no checkpoint; write '{kind}:PATH' with a local directory")
-        return prms[kind].from_pretrained(path, **options)
+    if kind in PRMS:
+        return PRMS[kind].from_pretrained(path, **options)
     if options:
         raise ValueError(f"scorer {spec!r} takes no options, got {sorted(options)}; only the PRM specs "
                          "(math-shepherd:PATH, qwen-prm:PATH) do")
     if spec == "arithmetic":
         return ArithmeticProgressScorer()
-    if ":" not in spec:
-        raise ValueError(f"scorer spec {spec!r} is unknown; use one of {', '.join(SPECS)}")
-    from rlvr.rewards.registry import load_function
+    from rlvr.rewards.registry import import_callable
 
     try:
-        fn = load_function(spec, what="scorer function", contract="fn(prompt: str, partial_response: str) -> float")
+        fn = import_callable(spec, "scorer function", "fn(prompt: str, partial_response: str) -> float")
     except ValueError as error:
         raise ValueError(f"{error} (scorer specs: {', '.join(SPECS)})") from error
     return FunctionScorer(fn, spec)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 HELDOUT_SIZE = 512
 HINT_TEMPLATE = "{hint}|{problem}"  # hint before the problem: the problem still ends the prompt
-HINT_TIERS = ("knowledge", "planning", "solution")
 
 # Operation -> (operand ranges). Sums of two 3-digit numbers and products of a 2-digit by a 1-digit
 # number: hard enough that a briefly warm-started 1M-parameter model makes mistakes, easy enough that

@@ -9,9 +9,32 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU the Triton kernels run in Triton's interpreter (on CPU tensors, fp32). The variable is read
+# when a kernel is decorated, so it is set before anything imports rlvr.kernels' Triton modules.
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+
+        _has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        _has_cuda = False
+    if not _has_cuda:
+        os.environ["TRITON_INTERPRET"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the project's data sets, beside the clone (never copied in)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need CUDA: skipped, and said so, where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a GPU test); run tests/gpu on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,12 @@ _CHUNK_LOGITS_BYTES = 128 * 1024**2
 __all__ = ["token_logprobs", "token_logprobs_reference"]
 
 
+def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uninitialised memory for a kernel's outputs; every entry must be written. (Tests replace this with a
+    NaN-filled allocation, so that an entry a kernel forgets to write shows.)"""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
 def default_chunk_size(vocab_size: int) -> int:
     """Rows per chunk such that one chunk's fp32 logits take at most ``_CHUNK_LOGITS_BYTES``."""
     return max(1, _CHUNK_LOGITS_BYTES // (4 * max(vocab_size, 1)))
@@ -79,7 +85,7 @@ def token_logprobs(
         ``(logp, entropy)``: ``[N]`` each, fp32 (fp64 for fp64 inputs); ``entropy`` is ``None``
         when ``return_entropy`` is false.
     """
-    _check_inputs(hidden, weight, targets, temperature, chunk_size)
+    check_inputs(hidden, weight, targets, temperature, chunk_size)
     if chunk_size is None:
         chunk_size = default_chunk_size(weight.shape[0])
     logp, entropy = _ChunkedTokenLogprobs.apply(
@@ -99,7 +105,7 @@ def token_logprobs_reference(
 
     Memory grows with ``N * V``: for tests and benchmarks only. Pass fp64 inputs for a ground truth.
     """
-    _check_inputs(hidden, weight, targets, temperature, None)
+    check_inputs(hidden, weight, targets, temperature, None)
     dtype = _compute_dtype(hidden, weight)
     logits = (hidden.to(dtype) @ weight.to(dtype).T) / temperature
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -121,10 +127,10 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         weight_c = weight.to(dtype)
         targets = targets.long()
 
-        logp = torch.empty(n_rows, dtype=dtype, device=hidden.device)
-        lse = torch.empty(n_rows, dtype=dtype, device=hidden.device)
-        expected_z = torch.empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
-        entropy = torch.empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
+        logp = empty(n_rows, dtype=dtype, device=hidden.device)
+        lse = empty(n_rows, dtype=dtype, device=hidden.device)
+        expected_z = empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
+        entropy = empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
         for start in range(0, n_rows, chunk_size):
             rows = slice(start, start + chunk_size)
             # Scaling the [rows x H] operand by 1/T is cheaper than scaling the [rows x V] product.
@@ -223,7 +229,7 @@ def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
 
 
-def _check_inputs(
+def check_inputs(
     hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int | None
 ) -> None:
     if hidden.dim() != 2:

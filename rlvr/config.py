@@ -14,7 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlvr.algos.functional import AGG_MODES
 
 
 class RecipeError(ValueError):

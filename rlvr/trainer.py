@@ -8,7 +8,6 @@ not here.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from rlvr.algos.functional import AdvNorm, AggMode, KLKind, aggregate, clipped_pg_terms, kl_penalty
+from rlvr.algos.functional import AdvNorm, AggMode, KLKind, aggregate, clip_metrics, clipped_pg_terms, kl_penalty
 
 if TYPE_CHECKING:
     from rlvr.batch import RolloutBatch
@@ -257,16 +257,23 @@ class Algorithm:
         """``losses`` reduced by ``loss_agg`` in ``loss_agg_scope``. ``mask`` selects the summed tokens;
         ``denominator_mask`` (default ``mask``) the counted ones; ``num_tokens`` overrides the mini-batch
         token count of ``token-mean`` (forking tokens' kept count)."""
+        return aggregate(losses, mask, self.options.loss_agg, **self.denominators(mask, inputs, denominator_mask,
+                                                                                   num_tokens))
+
+    def denominators(self, mask: Tensor, inputs: LossInputs, denominator_mask: Tensor | None = None,
+                     num_tokens: float | None = None) -> dict[str, Any]:
+        """The keyword arguments ``num_tokens``, ``num_seqs``, ``loss_scale`` and ``denominator_mask`` of
+        :func:`~rlvr.algos.functional.aggregate` for ``loss_agg_scope`` (see :meth:`aggregate`)."""
         o = self.options
         denominator_mask = mask if denominator_mask is None else denominator_mask
         if o.loss_agg_scope == "micro-batch":
             tokens = denominator_mask.sum() * inputs.num_micro
-            seqs = float(losses.shape[0] * inputs.num_micro)
+            seqs = float(mask.shape[0] * inputs.num_micro)
         else:
             tokens = inputs.num_tokens if num_tokens is None else num_tokens
             seqs = inputs.num_seqs
         scale = o.loss_scale if o.loss_scale is not None else float(self.run.max_new_tokens)
-        return aggregate(losses, mask, o.loss_agg, tokens, seqs, scale, denominator_mask)
+        return {"num_tokens": tokens, "num_seqs": seqs, "loss_scale": scale, "denominator_mask": denominator_mask}
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -279,7 +286,13 @@ class Algorithm:
 
 class ClippedAlgorithm(Algorithm):
     """A PPO-clipped per-token loss with optional forking-token masking; subclasses change the advantages,
-    :meth:`per_token_loss` or :meth:`token_mask`."""
+    :meth:`per_token_loss` or :meth:`token_mask`.
+
+    :meth:`loss` computes the PG term with the fused kernel :func:`rlvr.kernels.policy_loss.policy_loss`
+    (Triton on CUDA, the same functional composition elsewhere) whenever :meth:`clip_spec` describes
+    :meth:`per_token_loss`. A subclass that overrides :meth:`per_token_loss` gets the unfused path unless it
+    also overrides :meth:`clip_spec` (DCPO does, for its dynamic bounds).
+    """
 
     Options: ClassVar[type[AlgorithmOptions]] = ClippedOptions
 
@@ -303,6 +316,15 @@ class ClippedAlgorithm(Algorithm):
             raise RuntimeError("forking-token masking needs entropies, but the learner computed none")
         return forking_token_mask(inputs.entropy.detach(), inputs.mask, o.entropy_top_ratio)
 
+    def clip_spec(self) -> dict[str, Any] | None:
+        """The clip arguments of :func:`rlvr.kernels.policy_loss.policy_loss` that give :meth:`per_token_loss`,
+        or None when the kernel cannot compute it (then :meth:`loss` aggregates :meth:`per_token_loss`)."""
+        cls = type(self)
+        if cls.per_token_loss is not ClippedAlgorithm.per_token_loss and cls.clip_spec is ClippedAlgorithm.clip_spec:
+            return None  # a per-token loss of its own, and no word on it: the kernel does not know it
+        o = self.options
+        return {"clip": "fixed", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "dual_clip": o.dual_clip}
+
     def per_token_loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """The per-token loss [n,T] and, for metrics, ``ratio``, ``low``/``high`` (ratio bounds) tensors."""
         o = self.options
@@ -318,14 +340,25 @@ class ClippedAlgorithm(Algorithm):
         for extra_mask in (self.token_mask(inputs), self.forking_mask(inputs)):
             if extra_mask is not None:
                 mask = mask * extra_mask.to(mask.dtype)
-        per_token, parts = self.per_token_loss(inputs)
         if o.entropy_top_ratio is not None and o.entropy_mask_denominator == "all":
-            pg = self.aggregate(per_token, mask, inputs, denominator_mask=valid)
+            denominators = self.denominators(mask, inputs, denominator_mask=valid)
         else:
-            pg = self.aggregate(per_token, mask, inputs, num_tokens=inputs.extra.get("kept_tokens"))
+            denominators = self.denominators(mask, inputs, num_tokens=inputs.extra.get("kept_tokens"))
+        spec = self.clip_spec()
+        if spec is None:
+            per_token, parts = self.per_token_loss(inputs)
+            pg = aggregate(per_token, mask, o.loss_agg, **denominators)
+            with torch.no_grad():
+                clip = self.clip_metrics(parts, valid)
+        else:
+            from rlvr.kernels.policy_loss import policy_loss  # lazily: rlvr.kernels imports rlvr.algos
+
+            fused = policy_loss(inputs.logp, inputs.old_logp, mask, inputs.advantages, **spec, agg=o.loss_agg,
+                                **denominators, stats_mask=valid)
+            pg, clip = fused.loss, fused.stats
         extra, metrics = self.regularizers(inputs)
         with torch.no_grad():
-            metrics.update(self.clip_metrics(parts, valid))
+            metrics.update(clip)
             metrics["actor/pg_loss"] = pg.item()
             metrics["actor/masked_token_frac"] = float(1.0 - mask.sum() / valid.sum().clamp(min=1.0))
         return o.pg_coef * pg + extra, metrics
@@ -333,29 +366,6 @@ class ClippedAlgorithm(Algorithm):
     def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
         """Metrics of :meth:`per_token_loss`'s ``parts`` over the valid tokens (DCPO adds its bounds)."""
         return clip_metrics(parts, valid, self.options.dual_clip)
-
-
-def clip_metrics(parts: dict[str, Tensor], mask: Tensor, dual_clip: float | None) -> dict[str, float]:
-    """Fractions of valid tokens whose gradient a clip removed: ``high`` (A>0, ratio above its upper
-    bound), ``low`` (A<0, below its lower bound), ``dual`` (A<0, above the dual clip c); and the ratio mean."""
-    ratio, low, high = parts["ratio"], parts["low"], parts["high"]
-    adv = parts["advantages"]
-    adv = adv[:, None] if adv.dim() == 1 else adv
-    valid = mask.bool()
-    count = valid.sum().clamp(min=1).float()
-
-    def frac(condition: Tensor) -> float:
-        return float((condition & valid).sum() / count)
-
-    out = {
-        "actor/clip_frac_high": frac((adv > 0) & (ratio > high)),
-        "actor/clip_frac_low": frac((adv < 0) & (ratio < low)),
-        "actor/ratio_mean": float((ratio * mask).sum() / count),
-    }
-    out["actor/clip_frac"] = out["actor/clip_frac_high"] + out["actor/clip_frac_low"]
-    if dual_clip is not None:
-        out["actor/clip_frac_dual"] = frac((adv < 0) & (ratio > dual_clip))
-    return out
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float) -> Tensor:  # [N]

@@ -74,6 +74,10 @@ class COPO(ClippedAlgorithm):
         weight = batch.algo_fields["copo_weight"]
         return (1.0 - weight) * batch.algo_fields["copo_global"] + weight * batch.advantages
 
+    def clip_spec(self) -> None:
+        """None: the blend of two clipped terms is not the fused kernel's loss; :meth:`per_token_loss` it is."""
+        return None
+
     def per_token_loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
         weight = inputs.extra["copo_weight"].to(inputs.logp.dtype)[:, None]

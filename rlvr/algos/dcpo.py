@@ -27,7 +27,8 @@ from pydantic import Field
 from torch import Tensor
 
 from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs
-from rlvr.algos.functional import AggMode, clipped_pg_terms, dcpo_ratio_bounds, dcpo_smooth_advantages
+from rlvr.algos.functional import (AggMode, clipped_pg_terms, dcpo_bound_metrics, dcpo_ratio_bounds,
+                                   dcpo_smooth_advantages)
 from rlvr.algos.registry import register
 
 
@@ -84,6 +85,14 @@ class DCPO(ClippedAlgorithm):
                          "dcpo/prompts_tracked": float(len(self.stats))})
         return adv
 
+    def clip_spec(self) -> dict[str, Any] | None:
+        """The fused kernel's DCPO bounds (``clip="dcpo"``), or PPO's fixed ones for ``clip_type: fixed``."""
+        o = self.options
+        if o.clip_type == "fixed":
+            return super().clip_spec()
+        return {"clip": "dcpo", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "bound_cap": o.bound_cap,
+                "dual_clip": o.dual_clip}
+
     def per_token_loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
         if o.clip_type == "fixed":
@@ -96,9 +105,7 @@ class DCPO(ClippedAlgorithm):
     def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
         metrics = super().clip_metrics(parts, valid)
         if self.options.clip_type == "dynamic":
-            keep = valid.bool()
-            metrics["dcpo/bound_low_mean"] = float(parts["low"][keep].mean()) if keep.any() else 0.0
-            metrics["dcpo/bound_high_mean"] = float(parts["high"][keep].mean()) if keep.any() else 0.0
+            metrics.update(dcpo_bound_metrics(parts["low"], parts["high"], valid))
         return metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -118,13 +118,45 @@ def clipped_pg_terms(
     loss = torch.maximum(unclipped, clipped_loss)
     clipped = clipped_loss > unclipped
     if dual_clip is not None:
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1 (verl clip_ratio_c, default 3.0), got {dual_clip}")
+        check_dual_clip(dual_clip)
         bound = -advantages * dual_clip
         dual = (advantages < 0) & (loss > bound)
         loss = torch.where(advantages < 0, torch.minimum(loss, bound), loss)
         clipped = clipped | dual
     return loss, clipped, ratio
+
+
+def check_dual_clip(dual_clip: float | None) -> None:
+    """Raise unless ``dual_clip`` is None (off) or > 1."""
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1 (verl clip_ratio_c, default 3.0) or None, got {dual_clip}")
+
+
+def clip_metrics(parts: dict[str, Tensor], mask: Tensor, dual_clip: float | None) -> dict[str, float]:
+    """Fractions of valid tokens whose gradient a clip removed: ``high`` (A>0, ratio above its upper
+    bound), ``low`` (A<0, below its lower bound), ``dual`` (A<0, above the dual clip c); and the ratio mean.
+
+    ``parts``: ``ratio`` [N,T], ``low``/``high`` (the ratio bounds, scalars or [N,T]) and ``advantages``
+    ([N] or [N,T]); ``mask`` [N,T] marks the valid tokens.
+    """
+    ratio, low, high = parts["ratio"], parts["low"], parts["high"]
+    adv = parts["advantages"]
+    adv = adv[:, None] if adv.dim() == 1 else adv
+    valid = mask.bool()
+    count = valid.sum().clamp(min=1).float()
+
+    def frac(condition: Tensor) -> float:
+        return float((condition & valid).sum() / count)
+
+    out = {
+        "actor/clip_frac_high": frac((adv > 0) & (ratio > high)),
+        "actor/clip_frac_low": frac((adv < 0) & (ratio < low)),
+        "actor/ratio_mean": float((ratio * mask).sum() / count),
+    }
+    out["actor/clip_frac"] = out["actor/clip_frac_high"] + out["actor/clip_frac_low"]
+    if dual_clip is not None:
+        out["actor/clip_frac_dual"] = frac((adv < 0) & (ratio > dual_clip))
+    return out
 
 
 def clipped_pg_loss(
@@ -207,12 +239,7 @@ def dcpo_ratio_bounds(
     Departure from the code: a token with ``q == 0`` (old log-prob -inf or underflowed) gets the limits
     ``r_low = 0.5`` and ``r_high = cap``; the code's ``where(q != 0, ...)`` gives it ``r_low = 1``.
     """
-    if eps_low < 0 or eps_low >= 1:
-        raise ValueError(f"dcpo eps_low must be in [0, 1), got {eps_low} (the recipe uses 0.2)")
-    if eps_high < 0:
-        raise ValueError(f"dcpo eps_high must be >= 0, got {eps_high} (the recipe uses 0.28)")
-    if cap is not None and not cap > 1.0:
-        raise ValueError(f"dcpo cap on the upper ratio bound must be > 1 or None, got {cap} (code: 10)")
+    check_dcpo_bounds(eps_low, eps_high, cap)
     inv_q = torch.exp(-old_logp.to(torch.float64))  # 1/q; inf when q underflows, which the formulas absorb
     low = 0.5 + 0.5 * torch.sqrt(torch.clamp(1.0 - 4.0 * eps_low * inv_q, min=0.0))
     high = 0.5 + 0.5 * torch.sqrt(1.0 + 4.0 * eps_high * inv_q)
@@ -220,6 +247,24 @@ def dcpo_ratio_bounds(
         high = torch.clamp(high, max=cap)
     dtype = old_logp.dtype if old_logp.is_floating_point() else torch.float32
     return low.to(dtype), high.to(dtype)
+
+
+def check_dcpo_bounds(eps_low: float, eps_high: float, cap: float | None) -> None:
+    """Raise unless the arguments of :func:`dcpo_ratio_bounds` are in range."""
+    if eps_low < 0 or eps_low >= 1:
+        raise ValueError(f"dcpo eps_low must be in [0, 1), got {eps_low} (the recipe uses 0.2)")
+    if eps_high < 0:
+        raise ValueError(f"dcpo eps_high must be >= 0, got {eps_high} (the recipe uses 0.28)")
+    if cap is not None and not cap > 1.0:
+        raise ValueError(f"dcpo cap on the upper ratio bound must be > 1 or None, got {cap} (code: 10)")
+
+
+def dcpo_bound_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, float]:
+    """Mean DCPO ratio bounds ``low``/``high`` [N,T] over the valid tokens of ``mask`` [N,T] (0 when none)."""
+    keep = mask.bool()
+    if not keep.any():
+        return {"dcpo/bound_low_mean": 0.0, "dcpo/bound_high_mean": 0.0}
+    return {"dcpo/bound_low_mean": float(low[keep].mean()), "dcpo/bound_high_mean": float(high[keep].mean())}
 
 
 def forking_token_mask(

@@ -19,6 +19,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+# The newest ptxas the wheel ships: Triton's PTX version may be past the plain one's.
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas-blackwell"
 if not PTXAS.exists():
     PTXAS = PTXAS.with_name("ptxas")
@@ -28,58 +29,78 @@ SCRIPT = textwrap.dedent('''
     import torch, triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from rlvr.kernels import logprob_triton as lt
+    from rlvr.kernels import logprob_triton as lt, policy_loss_triton as pl
 
     ptxas, out = sys.argv[1], []
-    INT = ("N", "V", "H", "cols_per_split", "n_active", "v_begin", "v_count")
-    def signature(kernel, operand, consts):
+
+    def signature(kernel, consts, pointers, ints):
+        """Triton types by argument name: ``pointers`` maps names to pointee types (default fp32)."""
         sig = {}
         for name in kernel.arg_names:
             if name in consts:
                 sig[name] = "constexpr"
-            elif name in ("hidden_ptr", "weight_ptr", "dz_ptr"):
-                sig[name] = "*" + operand
-            elif name in ("targets_ptr", "rows_ptr"):
-                sig[name] = "*i64"
             elif name.endswith("_ptr"):
-                sig[name] = "*fp32"
-            elif name in INT or name.startswith("stride"):
+                sig[name] = "*" + pointers.get(name, "fp32")
+            elif name in ints or name.startswith("stride"):
                 sig[name] = "i32"
             else:
                 sig[name] = "fp32"
         return sig
+
+    def assemble(kernel, consts, options, pointers, ints, label):
+        src = ASTSource(fn=kernel, signature=signature(kernel, consts, pointers, ints), constexprs=consts)
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        ptx = compiled.asm["ptx"]
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(ptx)
+        report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", f.name + ".cubin"],
+                                capture_output=True, text=True)
+        spill = re.search(r"(\\d+) bytes spill stores", report.stderr)
+        out.append({"kernel": f"{kernel.__name__} {label}", "rc": report.returncode,
+                    "spill": int(spill.group(1)) if spill else None, "log": report.stderr[-400:],
+                    "mma": ptx.count("wgmma.mma_async") + ptx.count("mma.sync")})
+
+    # token_logprobs, with the configurations rlvr launches on CUDA
     for dtype, operand in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         cfg = lt._config(torch.device("cuda"), dtype)
         options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-        for kernel, extra in ((lt._forward_kernel, {}),
-                              (lt._dlogits_kernel, {"HAS_GRAD_LOGP": True, "HAS_GRAD_ENTROPY": True})):
-            consts = {**cfg, **extra}
-            src = ASTSource(fn=kernel, signature=signature(kernel, operand, consts), constexprs=consts)
-            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                f.write(compiled.asm["ptx"])
-            report = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", f.name + ".cubin"],
-                                    capture_output=True, text=True)
-            spill = re.search(r"(\\d+) bytes spill stores", report.stderr)
-            out.append({"kernel": kernel.__name__, "dtype": operand, "rc": report.returncode,
-                        "spill": int(spill.group(1)) if spill else None, "log": report.stderr[-400:],
-                        "mma": compiled.asm["ptx"].count("wgmma.mma_async") + compiled.asm["ptx"].count("mma.sync")})
+        pointers = {"hidden_ptr": operand, "weight_ptr": operand, "dz_ptr": operand, "targets_ptr": "i64",
+                    "rows_ptr": "i64"}
+        ints = ("N", "V", "H", "cols_per_split", "n_active", "v_begin", "v_count")
+        assemble(lt._forward_kernel, cfg, options, pointers, ints, operand)
+        assemble(lt._dlogits_kernel, {**cfg, "HAS_GRAD_LOGP": True, "HAS_GRAD_ENTROPY": True}, options, pointers,
+                 ints, operand)
+
+    # policy_loss: every advantage mode and clip kind
+    cfg = pl._config(torch.device("cuda"))
+    options = {"num_warps": cfg["num_warps"]}
+    pointers = {"logp_ptr": "bf16", "old_ptr": "bf16", "dlogp_ptr": "bf16", "mask_ptr": "u8", "den_ptr": "u8",
+                "stats_ptr": "u8", "order_ptr": "i64", "start_ptr": "i64", "count_ptr": "i64"}
+    for mode in (0, 1, 2):
+        for dcpo in (False, True):
+            consts = dict(ADV_MODE=mode, HAS_DEN=True, HAS_STATS=True, DCPO=dcpo, HAS_CAP=dcpo, DUAL=True,
+                          BLOCK_T=cfg["BLOCK_T"], BLOCK_G=cfg["BLOCK_G"], EXP_LIMIT=pl._EXP_LIMIT)
+            assemble(pl._forward_kernel, consts, options, pointers, ("N", "T"), str(consts))
+    for per_token in (False, True):
+        for dcpo in (False, True):
+            consts = dict(ADV_PER_TOKEN=per_token, DCPO=dcpo, HAS_CAP=dcpo, DUAL=True, BLOCK_T=cfg["BLOCK_T"],
+                          EXP_LIMIT=pl._EXP_LIMIT)
+            assemble(pl._backward_kernel, consts, options, pointers, ("N", "T"), str(consts))
     print(json.dumps(out))
 ''')
 
 
 @pytest.mark.skipif(not PTXAS.exists(), reason="this triton wheel ships no ptxas")
-def test_logprob_kernels_compile_for_hopper_without_spills(tmp_path):
+def test_kernels_compile_for_hopper_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(PTXAS)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 4
+    assert len(results) == 4 + 10
     for r in results:
-        name = f"{r['kernel']} ({r['dtype']})"
-        assert r["rc"] == 0, f"{name}: ptxas failed: {r['log']}"
-        assert r["spill"] == 0, f"{name}: {r['spill']} bytes of register spills: {r['log']}"
-        if r["dtype"] == "bf16":
-            assert r["mma"] > 0, f"{name}: the logits tile is not computed on tensor cores"
+        assert r["rc"] == 0, f"{r['kernel']}: ptxas failed: {r['log']}"
+        assert r["spill"] == 0, f"{r['kernel']}: {r['spill']} bytes of register spills: {r['log']}"
+        if "_kernel bf16" in r["kernel"]:
+            assert r["mma"] > 0, f"{r['kernel']}: the logits tile is not computed on tensor cores"

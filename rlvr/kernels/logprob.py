@@ -131,10 +131,14 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         lse = empty(n_rows, dtype=dtype, device=hidden.device)
         expected_z = empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
         entropy = empty(n_rows, dtype=dtype, device=hidden.device) if return_entropy else None
+        # Two [chunk x V] work buffers for all chunks: a fresh allocation of that size per chunk would be
+        # mapped anew by the OS each time, and its page faults cost about as much as the elementwise work.
+        z_buf, exp_buf = _work_buffers(min(chunk_size, n_rows), weight.shape[0], dtype, hidden.device)
         for start in range(0, n_rows, chunk_size):
             rows = slice(start, start + chunk_size)
+            n = min(chunk_size, n_rows - start)
             # Scaling the [rows x H] operand by 1/T is cheaper than scaling the [rows x V] product.
-            z = (hidden[rows].to(dtype) / temperature) @ weight_c.T
+            z = torch.mm(hidden[rows].to(dtype) / temperature, weight_c.T, out=z_buf[:n])
             # Work with z' = z - max(z) <= 0 and keep the max entry's exp(0) = 1 out of the sum
             # (log1p instead): in a nearly one-hot row the rest of the mass, ~ the entropy, would
             # otherwise be rounded against 1. Then lse' >= 0 and E_p[z'] <= 0, so the entropy
@@ -142,18 +146,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             # where lse - E_p[z] would lose ~ eps * |z| to cancellation.
             row_max, argmax = z.max(dim=-1)
             z.sub_(row_max.unsqueeze(1))
-            exp_z = z.exp().scatter_(1, argmax.unsqueeze(1), 0.0)
+            exp_z = torch.exp(z, out=exp_buf[:n]).scatter_(1, argmax.unsqueeze(1), 0.0)
             tail_mass = exp_z.sum(dim=-1)
             shifted_lse = torch.log1p(tail_mass)
             logp[rows] = z.gather(1, targets[rows].unsqueeze(1)).squeeze(1) - shifted_lse
             lse[rows] = row_max + shifted_lse
             if return_entropy:
-                # The left-out max entry has z' = 0 and adds nothing to E_p[z']. In place: exp_z
-                # is not needed afterwards, and a third [rows x V] buffer would be.
+                # The left-out max entry has z' = 0 and adds nothing to E_p[z'].
                 shifted_expected_z = exp_z.mul_(z).sum(dim=-1) / (1 + tail_mass)
                 entropy[rows] = shifted_lse - shifted_expected_z
                 expected_z[rows] = row_max + shifted_expected_z
-            del z, exp_z
+        del z_buf, exp_buf
 
         ctx.set_materialize_grads(False)  # an unused output (often the entropy) gets grad None
         ctx.temperature = temperature
@@ -192,25 +195,28 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             active |= grad_entropy != 0
         active_rows = active.nonzero().squeeze(1)
 
+        z_buf, p_buf = _work_buffers(min(ctx.chunk_size, active_rows.numel()), weight.shape[0], dtype, hidden.device)
         for start in range(0, active_rows.numel(), ctx.chunk_size):
             idx = active_rows[start : start + ctx.chunk_size]
+            n = idx.numel()
             g_lp = None if grad_logp is None else grad_logp.index_select(0, idx).to(dtype).unsqueeze(1)
             g_ent = None if grad_entropy is None else grad_entropy.index_select(0, idx).to(dtype).unsqueeze(1)
             h_scaled = hidden.index_select(0, idx).to(dtype) / temperature
-            z = h_scaled @ weight_c.T
-            p = z.sub(lse.index_select(0, idx).unsqueeze(1)).exp_()
-            # dL/dz = g_lp * (onehot - p) - g_ent * p * (z - E_p[z]), built in the buffers of z
-            # and p so that two [rows x V] tensors are alive, not four.
+            row_lse = lse.index_select(0, idx).unsqueeze(1)
+            # log p = z - lse, in place; then dL/dz = g_lp * (onehot - p) - g_ent * p * (z - E_p[z])
+            #                                      = p * (-g_ent * (log p + lse - E_p[z]) - g_lp) + g_lp * onehot,
+            # built in the two work buffers, one pass per operation.
+            log_p = torch.mm(h_scaled, weight_c.T, out=z_buf[:n]).sub_(row_lse)
+            p = torch.exp(log_p, out=p_buf[:n])
             if g_ent is not None:
-                grad_z = z.sub_(expected_z.index_select(0, idx).unsqueeze(1)).mul_(p).mul_(-g_ent)
+                grad_z = log_p.add_(row_lse - expected_z.index_select(0, idx).unsqueeze(1)).mul_(-g_ent)
                 if g_lp is not None:
-                    grad_z.sub_(p.mul_(g_lp))
+                    grad_z.sub_(g_lp)
+                grad_z.mul_(p)
             else:
-                del z
                 grad_z = p.mul_(-g_lp)
             if g_lp is not None:
                 grad_z.scatter_add_(1, targets.index_select(0, idx).unsqueeze(1), g_lp)
-            del p
 
             # z = (hidden / T) @ weight.T, so the 1/T chain factor is already in h_scaled for
             # grad_weight and is applied once to the small [rows x H] product for grad_hidden.
@@ -219,10 +225,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 grad_hidden.index_copy_(0, idx, grad_h.to(hidden.dtype))
             if need_weight:
                 grad_weight.addmm_(grad_z.T, h_scaled)
+        del z_buf, p_buf
 
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _work_buffers(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two ``[rows, vocab]`` scratch buffers, reused by every chunk of one call."""
+    return (torch.empty(rows, vocab, dtype=dtype, device=device),
+            torch.empty(rows, vocab, dtype=dtype, device=device))
 
 
 def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:

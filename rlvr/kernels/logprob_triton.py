@@ -73,6 +73,22 @@ def _config(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 @triton.jit
+def _logits_tile(hidden_ptr, weight_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv, stride_wk,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """``hidden[rows] @ weight[cols].T`` as a ``[BLOCK_N, BLOCK_V]`` fp32 tile, over ``BLOCK_K`` slices of H."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(weight_ptr + cols[:, None] * stride_wv + ks[None, :] * stride_wk,
+                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr, weight_ptr, targets_ptr,
     max_ptr, tail_ptr, shift_ptr, target_logit_ptr,  # [SPLITS, N] fp32 partials
@@ -97,15 +113,8 @@ def _forward_kernel(
     for v0 in range(v_start, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_end
-        acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < H
-            h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(weight_ptr + cols[:, None] * stride_wv + ks[None, :] * stride_wk,
-                        mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+        acc = _logits_tile(hidden_ptr, weight_ptr, rows, row_ok, cols, col_ok, H, stride_hn, stride_hk,
+                           stride_wv, stride_wk, BLOCK_N, BLOCK_V, BLOCK_K, PRECISION)
         z = tl.where(col_ok[None, :], acc * inv_temperature, float("-inf"))
         target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
 
@@ -154,15 +163,8 @@ def _dlogits_kernel(
     col_ok = local_cols < v_count
     cols = v_begin + local_cols
 
-    acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < H
-        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
-                    mask=slot_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(weight_ptr + cols[:, None] * stride_wv + ks[None, :] * stride_wk,
-                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+    acc = _logits_tile(hidden_ptr, weight_ptr, rows, slot_ok, cols, col_ok, H, stride_hn, stride_hk, stride_wv,
+                       stride_wk, BLOCK_N, BLOCK_V, BLOCK_K, PRECISION)
     z = acc * inv_temperature
     lse = tl.load(lse_ptr + rows, mask=slot_ok, other=0.0)
     p = tl.exp(z - lse[:, None])

@@ -134,6 +134,20 @@ def _bounds(old, clamp_low, clamp_high, stat_low, stat_high, four_eps_low, four_
 
 
 @triton.jit
+def _load_tokens(logp_ptr, old_ptr, mask_ptr, adv_ptr, base, cols, inside, adv_row,
+                 ADV_PER_TOKEN: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One tile of a row: fp32 logp, old logp, mask and advantage (per token, or the row's broadcast)."""
+    logp = tl.load(logp_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+    old = tl.load(old_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+    m = tl.load(mask_ptr + base + cols, mask=inside, other=0).to(tl.float32)
+    if ADV_PER_TOKEN:
+        adv = tl.load(adv_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
+    else:
+        adv = tl.zeros((BLOCK_T,), tl.float32) + adv_row
+    return logp, old, m, adv
+
+
+@triton.jit
 def _forward_kernel(
     logp_ptr, old_ptr, mask_ptr, den_ptr, stats_ptr, adv_ptr,  # [N,T]; adv [N] or [N,T]
     rewards_ptr, order_ptr, start_ptr, count_ptr, adv_out_ptr,  # [N] each (group advantages)
@@ -147,6 +161,7 @@ def _forward_kernel(
 ):
     row = tl.program_id(0)
     base = row.to(tl.int64) * T
+    adv_row = 0.0  # ADV_MODE 1: per token, read tile by tile
     if ADV_MODE == 0:
         adv_row = tl.load(adv_ptr + row).to(tl.float32)
     elif ADV_MODE >= 2:
@@ -167,13 +182,8 @@ def _forward_kernel(
     for t0 in range(0, T, BLOCK_T):
         cols = t0 + offs
         inside = cols < T
-        logp = tl.load(logp_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        old = tl.load(old_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        m = tl.load(mask_ptr + base + cols, mask=inside, other=0).to(tl.float32)
-        if ADV_MODE == 1:
-            adv = tl.load(adv_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-        else:
-            adv = tl.zeros((BLOCK_T,), tl.float32) + adv_row
+        logp, old, m, adv = _load_tokens(logp_ptr, old_ptr, mask_ptr, adv_ptr, base, cols, inside, adv_row,
+                                         ADV_MODE == 1, BLOCK_T)
         if HAS_DEN:
             d = tl.load(den_ptr + base + cols, mask=inside, other=0).to(tl.float32)
         else:
@@ -227,19 +237,15 @@ def _backward_kernel(
     g = tl.load(grad_rows_ptr + row)
     if g != 0:
         base = row.to(tl.int64) * T
+        adv_row = 0.0
         if not ADV_PER_TOKEN:
             adv_row = tl.load(adv_ptr + row).to(tl.float32)
         offs = tl.arange(0, BLOCK_T)
         for t0 in range(0, T, BLOCK_T):
             cols = t0 + offs
             inside = cols < T
-            logp = tl.load(logp_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-            old = tl.load(old_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-            m = tl.load(mask_ptr + base + cols, mask=inside, other=0).to(tl.float32)
-            if ADV_PER_TOKEN:
-                adv = tl.load(adv_ptr + base + cols, mask=inside, other=0.0).to(tl.float32)
-            else:
-                adv = tl.zeros((BLOCK_T,), tl.float32) + adv_row
+            logp, old, m, adv = _load_tokens(logp_ptr, old_ptr, mask_ptr, adv_ptr, base, cols, inside, adv_row,
+                                             ADV_PER_TOKEN, BLOCK_T)
             ratio = tl.exp(logp - old)
             lo, hi, _low, _high = _bounds(old, clamp_low, clamp_high, clamp_low, clamp_high, four_eps_low,
                                           four_eps_high, log_four_eps_low, log_four_eps_high, cap, DCPO, HAS_CAP,

@@ -13,21 +13,12 @@ from typing import Literal
 from torch import Tensor
 
 from rlvr.kernels import logprob
+from rlvr.kernels.dispatch import IMPLS, check_triton_device, triton_available
 from rlvr.kernels.policy_loss import policy_loss
 
 __all__ = ["policy_loss", "token_logprobs", "triton_available"]
 
 Impl = Literal["auto", "torch", "triton"]
-IMPLS: tuple[str, ...] = Impl.__args__  # type: ignore[attr-defined]
-
-
-def triton_available() -> bool:
-    """Whether Triton imports here (on a CPU it then runs only with ``TRITON_INTERPRET=1``)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def token_logprobs(
@@ -53,6 +44,7 @@ def token_logprobs(
         logprob.check_inputs(hidden, weight, targets, temperature, chunk_size)
         if not triton_available():
             raise ImportError("impl='triton' needs the triton package (pip install triton); or use impl='torch'.")
+        check_triton_device("token_logprobs", "hidden", hidden)
         from rlvr.kernels.logprob_triton import token_logprobs_triton
 
         return token_logprobs_triton(hidden, weight, targets, temperature, return_entropy)

@@ -36,7 +36,6 @@ is wrong); that is how the tests check them on a machine without a GPU.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -44,6 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rlvr.kernels import logprob
+from rlvr.kernels.dispatch import interpreting
 
 # Budget of one backward slice of dL/dz ([active rows x V slice], operand dtype).
 _DZ_BYTES = 1024**3
@@ -51,16 +51,12 @@ _DZ_BYTES = 1024**3
 __all__ = ["token_logprobs_triton"]
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _config(device: torch.device, dtype: torch.dtype) -> dict:
     """Tile sizes and ``tl.dot`` precision. fp32 operands get IEEE products (Triton's default on GPUs is
     TF32, ~1e-3 relative); bf16 / fp16 ones multiply exactly into fp32 anyway. The interpreter runs one
     numpy op per tile op, so it gets the smallest legal tiles."""
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    if _interpreting() or device.type != "cuda":
+    if interpreting() or device.type != "cuda":
         return {"BLOCK_N": 16, "BLOCK_V": 32, "BLOCK_K": 16, "PRECISION": precision, "num_warps": 4,
                 "num_stages": 1}
     if dtype == torch.float32:  # IEEE fp32 tiles take twice the registers and shared memory

@@ -32,7 +32,6 @@ the dual clip's bound ``-c A`` equals the loss exactly.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -41,11 +40,11 @@ from torch import Tensor
 
 from rlvr.algos.functional import (aggregate, check_dcpo_bounds, check_dual_clip, clip_metrics, clipped_pg_terms,
                                    dcpo_bound_metrics, dcpo_ratio_bounds, group_advantages)
+from rlvr.kernels.dispatch import IMPLS, check_triton_device
 
 __all__ = ["PolicyLoss", "policy_loss"]
 
 CLIP_MODES = ("fixed", "dcpo")
-IMPLS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -170,10 +169,6 @@ def _triton_module() -> ModuleType | None:
     return policy_loss_triton
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _use_triton(impl: str, logp: Tensor) -> bool:
     if impl == "torch":
         return False
@@ -182,9 +177,7 @@ def _use_triton(impl: str, logp: Tensor) -> bool:
     if _triton_module() is None:
         raise ImportError("policy_loss impl='triton' needs the triton package, which cannot be imported here "
                           "(pip install triton); or use impl='auto' or 'torch'")
-    if not logp.is_cuda and not _interpreting():
-        raise ValueError(f"policy_loss impl='triton' needs CUDA tensors (logp is on {logp.device}); set "
-                         "TRITON_INTERPRET=1 before importing rlvr.kernels to run it on the CPU, or use impl='torch'")
+    check_triton_device("policy_loss", "logp", logp)
     return True
 
 

@@ -15,13 +15,14 @@ tests check them on a machine without a GPU.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from rlvr.kernels.dispatch import interpreting
 
 __all__ = ["NUM_PARTIALS", "PARTIAL", "KernelScalars", "row_losses"]
 
@@ -38,13 +39,9 @@ _ADV_ROW, _ADV_TOKEN, _ADV_GROUP_STD, _ADV_GROUP_CENTRED = 0, 1, 2, 3
 _EXP_LIMIT = 80.0
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _config(device: torch.device) -> dict[str, int]:
     """Tile sizes. The interpreter gets small tiles, so that the tests' short rows span several of them."""
-    if _interpreting() or device.type != "cuda":
+    if interpreting() or device.type != "cuda":
         return {"BLOCK_T": 32, "BLOCK_G": 8, "num_warps": 1}
     return {"BLOCK_T": 1024, "BLOCK_G": 64, "num_warps": 4}
 

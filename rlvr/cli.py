@@ -1,4 +1,5 @@
-"""``rlvr train RECIPE [key=value ...] [--resume]``, ``rlvr prepare STAGE RECIPE`` and ``rlvr list algorithms|rewards``."""
+"""``rlvr train RECIPE [key=value ...] [--resume]``, ``rlvr eval --model M --benchmarks B --output DIR``,
+``rlvr prepare STAGE RECIPE`` and ``rlvr list algorithms|rewards|benchmarks|templates``."""
 
 from __future__ import annotations
 
@@ -24,13 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("recipe", help="the recipe the stage prepares, e.g. recipes/tiny/astar.yaml")
     prepare.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
+    evaluation = commands.add_parser("eval", help="evaluate a model on math benchmarks (AIME, MATH500, AMC, GSM8K)")
+    from rlvr.eval.command import add_arguments
+
+    add_arguments(evaluation)
+
     listing = commands.add_parser("list", help="list what is registered")
-    listing.add_argument("what", choices=["algorithms", "rewards"])
+    listing.add_argument("what", choices=["algorithms", "rewards", "benchmarks", "templates"])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "list":
         return _list(args.what)
+    if args.command == "eval":
+        from rlvr.eval.command import run
+
+        return run(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as error:
@@ -59,6 +69,16 @@ def _list(what: str) -> int:
         for name in algos.names():
             doc = (algos.get(name).__doc__ or "").strip().splitlines()
             print(f"{name:20s} {doc[0] if doc else ''}")
+    elif what == "benchmarks":
+        from rlvr.eval.benchmarks import BENCHMARKS
+
+        for name, b in BENCHMARKS.items():
+            print(f"{name:20s} {b.file:20s} {b.hub} ({b.hub_split})")
+    elif what == "templates":
+        from rlvr.data.prompts import TEMPLATES
+
+        for name, description in TEMPLATES.items():
+            print(f"{name:20s} {description}")
     else:
         from rlvr.rewards.registry import REWARDS, available
 

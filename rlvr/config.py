@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 
@@ -43,11 +43,19 @@ class DataConfig(Section):
     problem_key: str = Field("problem", description="The problem column; dotted keys read nested fields.")
     answer_key: str = Field("answer", description="The gold-answer column; dotted keys read nested fields "
                             "(verl parquet: reward_model.ground_truth).")
-    template: Literal["plain", "chat", "qwen-boxed"] = Field(
-        "plain", description="Prompt template: the raw problem, the model's chat template, or Qwen2.5-Math "
-        "chain of thought with a boxed answer.")
+    template: str = Field(
+        "plain", description="Prompt template: 'plain' (the raw problem), 'chat' (the model's chat template), "
+        "'qwen-boxed' (Qwen2.5-Math chain of thought with a boxed answer), 'r1' (DeepSeek-R1's instruction in "
+        "the user message), or a format string with a {problem} field.")
     batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
     shuffle: bool = True
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        from rlvr.data.prompts import check_template
+
+        return check_template(value)
 
 
 class EarlyRejectionConfig(Section):
@@ -162,6 +170,55 @@ class TrainerConfig(Section):
     progress: bool = Field(True, description="Show the live progress bar.")
 
 
+class EvalConfig(Section):
+    """Benchmarks evaluated during training (``rlvr eval``'s runner on the rollout workers): every
+    ``every`` steps and after the last one, written to ``<output_dir>/eval/step_N/`` and logged as
+    ``eval/<benchmark>/avg@n``, ``pass@n``, ``maj@n`` (and ``greedy``) in metrics.jsonl."""
+
+    benchmarks: list[str] = Field(default_factory=list, description="Benchmark names (math500, aime24, aime25, "
+                                  "amc23, gsm8k) or .jsonl paths; empty: no evaluation.")
+    every: int = Field(0, ge=0, description="Evaluate every K steps (0: only after the last step).")
+    at_start: bool = Field(False, description="Also evaluate the initial policy (step 0).")
+    data_dir: str | None = Field(None, description="Directory of benchmark .jsonl files (default $RLVR_DATA_DIR, "
+                                 "else the Hugging Face hub).")
+    limit: int | None = Field(None, ge=1, description="Only the first K problems of each benchmark.")
+    n: int = Field(4, ge=1, description="Samples per problem.")
+    temperature: float = Field(0.6, gt=0.0, description="Sampling temperature (DeepSeek-R1's evaluation: 0.6).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-R1's evaluation: 0.95).")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables it.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
+    template: str | None = Field(None, description="Prompt template (default: data.template).")
+    greedy: bool = Field(False, description="Also one greedy response per problem (eval/<benchmark>/greedy).")
+    reward: str = Field("math_answer", description="The grader: a reward name or 'module:function'; a response "
+                        "is correct when its score is at least reward.correct_threshold.")
+    grader_workers: int = Field(2, ge=1, description="Grading processes.")
+    grader_timeout_s: float = Field(10.0, gt=0.0, description="Hard limit per graded response, in seconds.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, value: list[str]) -> list[str]:
+        if value:
+            from rlvr.eval.benchmarks import check_names
+
+            check_names(value)
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        from rlvr.data.prompts import check_template
+
+        return value if value is None else check_template(value)
+
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, value: str) -> str:
+        from rlvr.rewards.registry import resolve
+
+        resolve(value)
+        return value
+
+
 class Recipe(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -171,6 +228,7 @@ class Recipe(Section):
     learner: LearnerConfig = LearnerConfig()
     placement: PlacementConfig = PlacementConfig()
     trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:

@@ -19,10 +19,13 @@ from rlvr.algos.base import RolloutSource
 from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import Recipe, dump_recipe
 from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
+from rlvr.eval.benchmarks import load_benchmarks
+from rlvr.eval.runner import EvalSettings, evaluate
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
 from rlvr.rewards.pool import RewardPool, RewardRequest
+from rlvr.rewards.registry import resolve
 from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection, step_metrics
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.prm import load_scorer
@@ -35,11 +38,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Run ``recipe`` to ``trainer.total_steps``; with ``resume``, continue from the latest checkpoint."""
     with Trainer(recipe, resume) as run:
         if run.step == 0:
-            run.log({"step": 0, **run.heldout()})
+            run.log({"step": 0, **run.heldout(), **run.evaluate(0)})
         for step in range(run.step + 1, recipe.trainer.total_steps + 1):
             row = run.train_step(step)
             if step == recipe.trainer.total_steps:
                 row.update(run.heldout())
+            row.update(run.evaluate(step))
             run.log(row)
             if step == recipe.trainer.total_steps or (recipe.trainer.save_every and step % recipe.trainer.save_every == 0):
                 run.save(step)
@@ -71,6 +75,9 @@ class Trainer:
             load_prompts(recipe.data.heldout, recipe.data.problem_key, recipe.data.answer_key, recipe.data.heldout_size)
             if recipe.data.heldout and self.training else []
         )
+        self.eval_benchmarks = (load_benchmarks(recipe.eval.benchmarks, recipe.eval.data_dir, recipe.eval.limit)
+                                if recipe.eval.benchmarks and self.training else {})
+        self.eval_pool: RewardPool | None = None
         self.algorithm = algos.from_recipe(recipe)
         if self.training:
             self.prompts = self.algorithm.prepare_prompts(self.prompts, recipe)
@@ -100,6 +107,8 @@ class Trainer:
             self.workers.shutdown()
         if hasattr(self, "pool"):
             self.pool.close()
+        if getattr(self, "eval_pool", None) is not None:
+            self.eval_pool.close()
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
@@ -188,6 +197,33 @@ class Trainer:
                        f"(one sample at temperature {cfg.heldout_temperature:g})"
                        + (f", greedy {out['heldout/accuracy_greedy']:.1%}" if "heldout/accuracy_greedy" in out else ""))
         return out
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The recipe's benchmarks (``eval:``) when due at ``step``: every ``eval.every`` steps, after the last
+        step, and at step 0 with ``eval.at_start``. Writes ``eval/step_N/`` and returns ``eval/...`` metrics."""
+        cfg, total = self.recipe.eval, self.recipe.trainer.total_steps
+        due = step == total or (step == 0 and cfg.at_start) or (step > 0 and cfg.every and step % cfg.every == 0)
+        if not self.eval_benchmarks or not due:
+            return {}
+        settings = self.eval_settings()
+        if self.eval_pool is None:
+            self.eval_pool = RewardPool(settings.reward, settings.grader_workers, settings.grader_timeout_s, 0.0)
+        results = evaluate(self.workers.generate, self.tokenizer, self.eval_benchmarks, settings,
+                           self.run_dir / "eval" / f"step_{step}", progress=False, pool=self.eval_pool,
+                           metadata={"model": self.recipe.model.path, "step": step})
+        metrics = eval_metrics(results)
+        self.bar_write(f"eval at step {step}: " + ", ".join(
+            f"{key.removeprefix('eval/')} {value:.1%}" for key, value in metrics.items() if "/avg@" in key))
+        return metrics
+
+    def eval_settings(self) -> EvalSettings:
+        cfg, recipe = self.recipe.eval, self.recipe
+        return EvalSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens or recipe.rollout.max_new_tokens,
+                            template=cfg.template or recipe.data.template, greedy=cfg.greedy,
+                            seed=recipe.trainer.seed, chunk_size=recipe.rollout.batch_size, reward=resolve(cfg.reward),
+                            correct_threshold=recipe.reward.correct_threshold, grader_workers=cfg.grader_workers,
+                            grader_timeout_s=cfg.grader_timeout_s)
 
     # -- records -----------------------------------------------------------------------------------
     def log(self, row: dict[str, Any]) -> None:
@@ -298,6 +334,17 @@ class _Source(RolloutSource):
         if record:
             self.batches.append(batch)
         return batch
+
+
+def eval_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``eval/<benchmark>/avg@n``, ``pass@n``, ``maj@n`` and ``greedy`` from :func:`rlvr.eval.runner.evaluate`."""
+    out = {}
+    for name, b in results["benchmarks"].items():
+        n = b["n"]
+        for key in (f"avg@{n}", f"pass@{n}", f"maj@{n}", "greedy"):
+            if key in b:
+                out[f"eval/{name}/{key}"] = b[key]
+    return out
 
 
 def advantage_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:

@@ -18,9 +18,36 @@ import numpy as np
 
 from rlvr.data.tasks import arithmetic
 
-# The Qwen2.5-Math chain-of-thought system prompt (QwenLM/Qwen2.5-Math evaluation, "qwen25-math-cot").
+# The Qwen2.5-Math chain-of-thought instruction (QwenLM/Qwen2.5-Math evaluation, "qwen25-math-cot", where it
+# is the system prompt); DeepSeek-R1's model card recommends the same sentence inside the user message.
 QWEN_BOXED_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-TEMPLATES = ("plain", "chat", "qwen-boxed")
+
+# Template name -> what the model sees. Any other template is a format string with a {problem} field,
+# rendered as plain text (for base models without a chat template).
+TEMPLATES: dict[str, str] = {
+    "plain": "the problem text as it is, no chat template",
+    "chat": "the problem as the user message of the model's chat template",
+    "qwen-boxed": "Qwen2.5-Math chain of thought: the system prompt 'Please reason step by step, and put your "
+                  "final answer within \\boxed{}.' and the problem as the user message, in the chat template",
+    "r1": "DeepSeek-R1's recommendation: the problem followed by that same instruction as the user message, "
+          "no system prompt, in the chat template",
+}
+
+
+def check_template(template: str) -> str:
+    """``template`` if it is a known name or a format string with a ``{problem}`` field; else ValueError."""
+    if template in TEMPLATES:
+        return template
+    if "{problem}" in template:
+        try:
+            template.format(problem="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"prompt template {template!r} is not a valid format string: only {{problem}} may be "
+                             f"a field, and literal braces are written {{{{ }}}} ({type(error).__name__}: {error})"
+                             ) from None
+        return template
+    raise ValueError(f"prompt template {template!r} is unknown; use one of {', '.join(TEMPLATES)}, or a format "
+                     "string with a {problem} field such as 'Question: {problem}\\nAnswer:'")
 
 
 @dataclass
@@ -92,23 +119,30 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
     except ImportError as error:
         raise ValueError(
             f"data source {name!r} is not a local .jsonl/.json/.parquet file or 'tiny:<split>', and the "
-            "optional 'datasets' package needed for Hugging Face hub datasets is not installed"
+            "optional 'datasets' package needed for Hugging Face hub datasets is not installed "
+            "(pip install 'rlvr[hub]')"
         ) from error
     repo, _, split = name.partition(":")
     return list(datasets.load_dataset(repo, split=split or "train"))
 
 
 def render(prompt: Prompt, template: str, tokenizer) -> list[int]:
-    """Token ids of ``prompt`` under ``template`` (plain text, the model's chat template, or Qwen-Math)."""
+    """Token ids of ``prompt`` under ``template`` (a name in :data:`TEMPLATES` or a ``{problem}`` format string)."""
+    check_template(template)
     if template == "plain":
         return tokenizer(prompt.problem, add_special_tokens=False).input_ids
+    if template not in TEMPLATES:
+        return tokenizer(template.format(problem=prompt.problem), add_special_tokens=False).input_ids
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"prompt template {template!r} needs the model's chat template, and this tokenizer has "
+                         "none (a base model?); use 'plain' or a '{problem}' format string")
     messages = [{"role": "user", "content": prompt.problem}]
     if template == "qwen-boxed":
         messages.insert(0, {"role": "system", "content": QWEN_BOXED_SYSTEM})
-    elif template != "chat":
-        raise ValueError(f"prompt template {template!r} is unknown; use one of {', '.join(TEMPLATES)}")
+    elif template == "r1":
+        messages[0]["content"] = f"{prompt.problem}\n{QWEN_BOXED_SYSTEM}"
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
 class PromptStream:

@@ -3,8 +3,9 @@
 In colocated placement it samples with the learner's own module (no copy); in split placement it owns a
 copy and receives weights as numpy arrays (:meth:`HFEngine.load_weights`).
 
-Log-probs are those of the temperature-scaled distribution before top-p/top-k truncation (as vLLM's
-default ``raw_logprobs``), recomputed after generation in one parallel forward pass.
+Log-probs are those of the temperature-scaled distribution before top-p/top-k truncation, recomputed after
+generation in one parallel forward pass (vLLM's ``processed_logprobs`` equal them only while top-p and top-k
+are off; see docs/engines.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-_BF16_SUFFIX = "::bf16"
+BF16_SUFFIX = "::bf16"
 
 
 def named_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -21,7 +21,7 @@ def named_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         if tensor.dtype == torch.bfloat16:
-            out[name + _BF16_SUFFIX] = tensor.view(torch.int16).numpy()
+            out[name + BF16_SUFFIX] = tensor.view(torch.int16).numpy()
         else:
             out[name] = tensor.numpy()
     return out
@@ -32,13 +32,13 @@ def load_named_arrays(module: torch.nn.Module, arrays: dict[str, np.ndarray]) ->
     state = module.state_dict()
     seen = set()
     for key, array in arrays.items():
-        name = key.removesuffix(_BF16_SUFFIX)
+        name = key.removesuffix(BF16_SUFFIX)
         if name not in state:
             raise KeyError(f"weight {name!r} does not exist in the rollout model")
         with warnings.catch_warnings():  # object-store arrays are read-only; we only copy out of them
             warnings.simplefilter("ignore", UserWarning)
             tensor = torch.from_numpy(np.asarray(array))
-        if key.endswith(_BF16_SUFFIX):
+        if key.endswith(BF16_SUFFIX):
             tensor = tensor.view(torch.bfloat16)
         with torch.no_grad():
             state[name].copy_(tensor)

@@ -1,0 +1,144 @@
+"""``rlvr eval --model PATH_OR_HF_ID --benchmarks math500,aime24 --n 16 --output DIR [...]``.
+
+Everything a user can get wrong (benchmark names, data files, the template, sampling values, an output
+directory that already holds results) is checked before the model loads. The model is any Hugging Face
+causal LM directory or hub id, ``tiny``, or a training checkpoint (``runs/NAME/checkpoints/step_N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rlvr.eval.benchmarks import BENCHMARKS, DATA_DIR_ENV
+
+log = logging.getLogger("rlvr")
+
+DEFAULT_BENCHMARKS = ",".join(BENCHMARKS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rlvr.data.prompts import TEMPLATES
+
+    parser.add_argument("--model", required=True, help="a Hugging Face model directory or hub id, 'tiny', or a "
+                        "training checkpoint directory (runs/NAME/checkpoints/step_N)")
+    parser.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS, help="comma-separated: "
+                        f"{', '.join(BENCHMARKS)}, or paths to .jsonl files of problems (default: all)")
+    parser.add_argument("--output", required=True, help="directory for results.json and samples.jsonl")
+    parser.add_argument("--n", type=int, default=1, help="samples per problem (avg@n, pass@k, maj@k; default 1)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling; 0 disables it (default)")
+    parser.add_argument("--max-new-tokens", type=int, default=4096, help="response length limit (default 4096)")
+    parser.add_argument("--greedy", action="store_true", help="also one greedy response per problem (greedy)")
+    parser.add_argument("--template", default="qwen-boxed", help=f"prompt template: {', '.join(TEMPLATES)}, or a "
+                        "format string with a {problem} field (default qwen-boxed)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first K problems of each benchmark")
+    parser.add_argument("--data-dir", default=None, help=f"directory of benchmark .jsonl files (default "
+                        f"${DATA_DIR_ENV}; a benchmark missing there loads from the Hugging Face hub)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+                        help="vllm (GPUs) or hf (Hugging Face generate, CPU or GPU); auto: vllm when CUDA and "
+                        "vLLM are available, else hf")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="model dtype (auto: bfloat16 on GPUs, float32 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=64, help="hf engine: sequences per generate call")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine: memory share")
+    parser.add_argument("--max-model-len", type=int, default=None, help="vllm engine: context length")
+    parser.add_argument("--reward", default="math_answer", help="grader: a reward name or 'module:function' "
+                        "(default math_answer: rlvr.rewards.grading.grade)")
+    parser.add_argument("--grader-workers", type=int, default=2, help="grading processes (default 2)")
+    parser.add_argument("--grader-timeout", type=float, default=10.0, help="seconds per graded response")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, load the benchmarks, then the model; evaluate, print the table, write files."""
+    from rlvr.eval.benchmarks import load_benchmarks, resolve_data_dir
+    from rlvr.eval.runner import RESULTS_FILE, EvalSettings
+    from rlvr.rewards.registry import resolve
+
+    names = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
+    try:
+        settings = EvalSettings(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                max_new_tokens=args.max_new_tokens, template=args.template, greedy=args.greedy,
+                                seed=args.seed, chunk_size=max(1, args.batch_size), reward=resolve(args.reward),
+                                grader_workers=args.grader_workers, grader_timeout_s=args.grader_timeout)
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1; got {args.limit}")
+        if args.grader_workers < 1 or args.grader_timeout <= 0:
+            raise ValueError("--grader-workers must be >= 1 and --grader-timeout > 0")
+        output = Path(args.output)
+        if (output / RESULTS_FILE).exists() and not args.overwrite:
+            raise ValueError(f"{output / RESULTS_FILE} already exists; pass --overwrite to replace it, or choose "
+                             "another --output")
+        benchmarks = load_benchmarks(names, args.data_dir, args.limit)
+        from rlvr.rewards.registry import load_function
+
+        load_function(settings.reward)
+    except ValueError as error:
+        print(f"rlvr eval: {error}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        engine, tokenizer, described = _load_engine(args)
+    except (OSError, ValueError, ImportError, RuntimeError) as error:
+        print(f"rlvr eval: cannot load model {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    from rlvr.eval.runner import evaluate, format_table
+
+    log.info("rlvr eval: %s on %s (%s)", args.model, ", ".join(f"{k} [{len(v)}]" for k, v in benchmarks.items()),
+             described)
+    try:
+        results = evaluate(engine.generate, tokenizer, benchmarks, settings, output, progress=not args.no_progress,
+                           metadata={"model": args.model, "engine": described, "limit": args.limit,
+                                     "data_dir": str(resolve_data_dir(args.data_dir) or "") or None})
+    except ValueError as error:  # a template the tokenizer cannot render, a reward that cannot start
+        print(f"rlvr eval: {error}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    print(f"\nwrote {output / RESULTS_FILE} and {output / 'samples.jsonl'}")
+    return 0
+
+
+def _load_engine(args: argparse.Namespace):
+    """``(engine, tokenizer, description)`` for the chosen engine on the available device."""
+    import torch
+
+    from rlvr.models.loading import load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    cuda = torch.cuda.is_available()
+    engine = args.engine
+    if engine == "auto":
+        engine = "vllm" if cuda and _vllm_installed() else "hf"
+    if engine == "vllm" and not cuda:
+        raise ValueError("--engine vllm needs a CUDA GPU; use --engine hf on a CPU")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")
+    tokenizer = load_tokenizer(path)
+    if engine == "vllm":
+        from rlvr.rollout.vllm import VLLMEngine
+
+        vllm_engine = VLLMEngine(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
+                                 gpu_memory_utilization=args.gpu_memory_utilization,
+                                 max_model_len=args.max_model_len, seed=args.seed,
+                                 trust_remote_code=args.trust_remote_code)
+        return vllm_engine, tokenizer, f"vllm, {dtype}, tensor parallel {args.tensor_parallel_size}"
+    from rlvr.rollout.hf import HFEngine
+
+    model = load_model(path, dtype, trust_remote_code=args.trust_remote_code)
+    device = "cuda" if cuda else "cpu"
+    model.to(device).eval()
+    return HFEngine(model, tokenizer, args.batch_size), tokenizer, f"hf generate on {device}, {dtype}"
+
+
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None

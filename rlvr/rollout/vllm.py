@@ -1,0 +1,356 @@
+"""The vLLM engine: rollouts on GPUs with vLLM 0.32.0 (the ``gpu`` extra pins it), behind the engine protocol.
+
+Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
+
+- Engine: ``vllm.LLM(model, tokenizer=..., dtype=..., ...)`` (``entrypoints/llm.py:LLM.__init__``; the extra
+  keywords are ``engine/arg_utils.py:EngineArgs`` fields), with ``logprobs_mode="processed_logprobs"`` and
+  ``worker_extension_cls`` naming :class:`WorkerExtension`.
+- Sampling: ``LLM.generate(prompts=[TokensPrompt(prompt_token_ids=...)], sampling_params=[...], use_tqdm=False)``,
+  one request per completion with its own ``vllm.SamplingParams`` (``n=1``, its own seed), so a group's
+  samples of one prompt share their prefix through prefix caching. Outputs come back in request order
+  (``entrypoints/common/offline.py:OfflineInferenceMixin._run_engine`` sorts them by request id).
+- Log-probs: vLLM 0.32 has no mode for the protocol's "temperature-scaled, before top-p/top-k truncation".
+  ``raw_logprobs`` (its default) is the log-softmax of the unprocessed logits, at temperature 1 whatever the
+  request's temperature; ``processed_logprobs`` is taken after penalties, temperature, min-p *and* top-k/top-p
+  (``v1/sample/sampler.py:Sampler.forward`` and ``v1/sample/ops/topk_topp_sampler.py:
+  TopKTopPSampler.forward_native`` for the V1 model runner; ``v1/worker/gpu/sample/sampler.py:Sampler.sample``
+  for Model Runner V2, 0.32's default). With nothing truncated (``top_p == 1``, ``top_k == 0``) the processed
+  log-probs are exactly the protocol's, so this engine runs ``processed_logprobs`` and refuses to return
+  log-probs of a truncated distribution (:func:`sampling_kwargs`); with ``learner.recompute_old_logprobs``
+  (the default) the trainer asks for none. Greedy requests get the untempered (temperature 1) log-probs, as
+  from the Hugging Face engine.
+- Weights: 0.32's weight-transfer API (``entrypoints/rl/offline.py:RLOfflineMixin``, ``distributed/
+  weight_transfer/``) moves tensors GPU to GPU (NCCL from a trainer process group, CUDA IPC from a process on
+  the same GPU). Here weights arrive as host numpy arrays (the Ray object-store path), so they travel in chunks
+  through ``LLM.collective_rpc`` to methods that ``worker_extension_cls`` mixes into the worker
+  (``config/parallel.py:ParallelConfig.worker_extension_cls``, ``v1/worker/worker_base.py:
+  WorkerWrapperBase.init_worker``), which load them with the same layerwise-reload steps as 0.32's own
+  backends (:class:`WorkerExtension`).
+- Sleep: ``LLM.sleep(level=1)`` (weights to CPU memory, KV cache dropped) and ``LLM.wake_up(tags=...)``
+  (``entrypoints/llm.py``; tags ``"weights"``, ``"kv_cache"`` from ``v1/executor/abstract.py:SLEEP_TAGS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlvr.models.loading import resolve_model_path
+from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.workers.weights import BF16_SUFFIX
+
+log = logging.getLogger(__name__)
+
+VLLM_VERSION = "0.32.0"
+LOGPROBS_MODE = "processed_logprobs"
+INSTALL_HINT = "vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine"
+# vLLM 0.32 raises temperatures in (0, 0.01) to 0.01 and rejects those above 2
+# (sampling_params.py: _MAX_TEMP, SamplingParams.__post_init__ and _verify_args).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 2.0
+# Options this module sets for its own correctness; a caller's **llm_kwargs may not change them.
+_RESERVED_OPTIONS = ("logprobs_mode", "worker_extension_cls")
+
+WireTensor = tuple[str, str, list[int], bytes]  # (name, torch dtype name, shape, raw bytes)
+
+
+def import_vllm():
+    """The ``vllm`` module, imported on first use: CPU installs have no vLLM, and this module imports without it."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    if vllm.__version__.split("+")[0] != VLLM_VERSION:
+        log.warning("rlvr's vLLM engine follows vLLM %s's API; found vLLM %s", VLLM_VERSION, vllm.__version__)
+    return vllm
+
+
+# ---- sampling: our SamplingParams -> vLLM's, per request ----
+
+
+def vllm_top_k(top_k: int) -> int:
+    """Our ``top_k`` (0: off) as vLLM 0.32's, which is the same number: 0.32 documents 0 as "consider all tokens"
+    and still accepts -1, the value older releases used, but prefers 0 (sampling_params.py: SamplingParams.top_k,
+    _verify_args)."""
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+    return top_k
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The sampling seed of request ``index`` in a call seeded ``seed``: a hash of both, so a request's sample
+    does not depend on which requests share its batch, and the requests of one call (a group's samples of one
+    prompt) differ. In [0, 2**63): Model Runner V2 keeps seeds as int64 (v1/worker/gpu/sample/states.py)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def sampling_kwargs(sampling: SamplingParams, index: int) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` (0.32, sampling_params.py) for request ``index`` of a call.
+
+    Temperature 0 is greedy (vLLM then ignores top-p/top-k and needs no seed). ``logprobs=0`` asks for the
+    sampled token's log-prob only; ``flat_logprobs`` returns them as one flat ``FlatLogprobs`` container
+    rather than a dict per token. Raises ``ValueError`` where vLLM 0.32 would sample at another temperature
+    than asked, or where its log-probs would be those of the top-p/top-k truncated distribution.
+    """
+    greedy = sampling.temperature == 0
+    top_k = vllm_top_k(sampling.top_k)
+    if not greedy and not MIN_TEMPERATURE <= sampling.temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature {sampling.temperature}: vLLM {VLLM_VERSION} samples at 0 (greedy) or "
+                         f"between {MIN_TEMPERATURE} and {MAX_TEMPERATURE}")
+    if sampling.logprobs and not greedy and (sampling.top_p < 1.0 or top_k > 0):
+        raise ValueError(
+            f"top_p={sampling.top_p}, top_k={sampling.top_k} with log-probs: vLLM {VLLM_VERSION} returns either "
+            "untempered or truncated log-probs, never the tempered untruncated ones the learner's ratio needs. "
+            "Keep learner.recompute_old_logprobs true (the default), or sample with top_p=1 and top_k=0.")
+    return {
+        "n": 1,
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": 0.0 if greedy else sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "top_k": 0 if greedy else top_k,
+        "seed": None if greedy else request_seed(sampling.seed, index),
+        "logprobs": 0 if sampling.logprobs else None,
+        "flat_logprobs": True,
+        "detokenize": True,
+        "skip_special_tokens": True,
+    }
+
+
+# ---- outputs: vLLM's CompletionOutput -> our Completion ----
+
+
+def sampled_logprobs(container, tokens: Sequence[int]) -> list[float]:
+    """The sampled tokens' log-probs out of vLLM 0.32's per-position container (logprobs.py).
+
+    With ``flat_logprobs=True`` it is a ``FlatLogprobs``: flat ``token_ids``/``logprobs`` lists where position
+    ``i``'s entries start at ``start_indices[i]``, the sampled token first
+    (v1/engine/logprobs.py: LogprobsProcessor._update_sample_logprobs). Otherwise a list with one
+    ``{token_id: Logprob}`` dict per position.
+    """
+    if container is None:
+        raise RuntimeError("vLLM returned no log-probs for a request that asked for them")
+    if len(container) != len(tokens):
+        raise RuntimeError(f"vLLM returned {len(container)} log-probs for {len(tokens)} tokens")
+    if hasattr(container, "start_indices"):
+        out = []
+        for position, token in enumerate(tokens):
+            first = container.start_indices[position]
+            if container.token_ids[first] != token:
+                raise RuntimeError(f"vLLM's log-prob at position {position} is for token "
+                                   f"{container.token_ids[first]}, not the sampled {token}")
+            out.append(float(container.logprobs[first]))
+        return out
+    return [float(entries[token].logprob) for entries, token in zip(container, tokens)]
+
+
+def completion_from_output(output, with_logprobs: bool) -> Completion:
+    """Our :class:`Completion` from a vLLM 0.32 ``CompletionOutput`` (outputs.py).
+
+    vLLM keeps the EOS (or stop-token) id as the last of ``token_ids`` and leaves it out of ``text``
+    (v1/engine/detokenizer.py: BaseIncrementalDetokenizer.update appends the skipped stop token back), as the
+    Hugging Face engine does. ``finish_reason`` is "stop" after EOS or a stop token, "length" at ``max_tokens``
+    or ``max_model_len`` (v1/core/sched/utils.py: check_stop); "abort", "error" and "repetition" are not
+    completions and raise.
+    """
+    if output.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended a request with finish_reason {output.finish_reason!r}")
+    tokens = list(output.token_ids)
+    logprobs = sampled_logprobs(output.logprobs, tokens) if with_logprobs else []
+    return Completion(tokens, logprobs, output.text, output.finish_reason)
+
+
+# ---- weights: numpy arrays -> torch -> chunks over collective_rpc -> the worker ----
+
+
+def tensors_from_arrays(named_arrays: dict[str, np.ndarray]) -> list[tuple[str, torch.Tensor]]:
+    """``(name, CPU tensor)`` pairs sharing the memory of :func:`rlvr.workers.weights.named_arrays`' arrays,
+    bf16 ones (int16 bits under a ``::bf16``-tagged name) viewed back as bf16 under their plain name."""
+    out = []
+    for key, array in named_arrays.items():
+        with warnings.catch_warnings():  # object-store arrays are read-only; they are only read
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(np.asarray(array))
+        if key.endswith(BF16_SUFFIX):
+            tensor = tensor.view(torch.bfloat16)
+        out.append((key.removesuffix(BF16_SUFFIX), tensor))
+    return out
+
+
+def weight_chunks(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[WireTensor]]:
+    """Tensors as ``(name, dtype, shape, bytes)`` in chunks of at most ``max_bytes`` (a larger tensor goes alone).
+
+    Plain bytes, because ``collective_rpc``'s arguments reach the engine-core process msgpack-decoded without
+    types (v1/engine/core.py: EngineCoreProc.process_input_sockets, ``generic_decoder``): a tensor or ndarray
+    argument would arrive as a [dtype, shape, buffer index] list whose buffer is gone.
+    """
+    chunk: list[WireTensor] = []
+    size = 0
+    for name, tensor in named_tensors:
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        if chunk and size + len(data) > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), data))
+        size += len(data)
+    if chunk:
+        yield chunk
+
+
+def tensors_from_chunk(chunk: Iterable[Sequence]) -> list[tuple[str, torch.Tensor]]:
+    """The ``(name, CPU tensor)`` pairs of one :func:`weight_chunks` chunk, as the worker receives it (msgpack
+    turns the tuples into lists; the payload is ``bytes``, or a ``memoryview`` with an in-process engine core)."""
+    out = []
+    for name, dtype_name, shape, data in chunk:
+        dtype = getattr(torch, dtype_name, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"weight {name!r} has an unknown dtype {dtype_name!r}")
+        if len(data) == 0:
+            out.append((name, torch.empty(shape, dtype=dtype)))
+            continue
+        with warnings.catch_warnings():  # the message's bytes are read-only; the clone below owns its memory
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.frombuffer(data, dtype=torch.uint8)
+        out.append((name, raw.view(dtype).reshape(shape).clone()))
+    return out
+
+
+class WorkerExtension:
+    """Weight loading mixed into vLLM 0.32's GPU worker through ``worker_extension_cls`` and called with
+    ``LLM.collective_rpc``: one session of ``rlvr_start_weight_update``, ``rlvr_update_weights`` per chunk and
+    ``rlvr_finish_weight_update``, on every worker (each tensor-parallel rank takes its shards).
+
+    The session mirrors 0.32's own weight-transfer session (v1/worker/gpu_worker.py: Worker.start_weight_update,
+    update_weights, finish_weight_update) and does inside it what the IPC backend does
+    (distributed/weight_transfer/ipc_engine.py: IPCWeightTransferEngine.start_weight_update, receive_weights,
+    finish_weight_update): layerwise reload (model_executor/model_loader/reload/layerwise.py) around
+    ``model.load_weights`` with checkpoint (Hugging Face) names, which the model maps itself (fused q/k/v and
+    gate/up projections, tensor-parallel shards); then the cache resets of GPUModelRunner.reload_weights.
+    Between start and finish the model's layers sit on the meta device: no request may run.
+
+    ``self`` is the vLLM worker. Method names carry an ``rlvr_`` prefix: vLLM refuses an extension whose
+    names clash with the worker's own (``update_weights``, ``reload_weights``, ...).
+    """
+
+    def rlvr_start_weight_update(self) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        model = self.model_runner.get_model()
+        lora = self.vllm_config.lora_config is not None  # as reload/inplace.py:reload_weights counts them
+        self._rlvr_expected = {name.replace(".base_layer.", ".") if lora else name
+                               for name, _ in model.named_parameters()}
+        self._rlvr_loaded = set()
+        with set_current_vllm_config(self.vllm_config):
+            initialize_layerwise_reload(model)
+
+    def rlvr_update_weights(self, chunk: list) -> None:
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
+
+        # A chunk holds part of the checkpoint: multi-token-prediction heads must not demand all of theirs.
+        with set_current_vllm_config(self.vllm_config), disable_mtp_completeness_check():
+            loaded = self.model_runner.get_model().load_weights(tensors_from_chunk(chunk))
+        self._rlvr_loaded.update(loaded or ())
+
+    def rlvr_finish_weight_update(self) -> list[str]:
+        """Finalises the reload; returns the model parameters (vLLM names) that no chunk carried."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        runner, model_config = self.model_runner, self.vllm_config.model_config
+        with set_current_vllm_config(self.vllm_config):
+            finalize_layerwise_reload(runner.get_model(), model_config)
+        runner.reset_lora_state()
+        runner.reset_encoder_cache()
+        runner.reset_mm_cache()
+        if model_config.quantization is not None:  # quantized parameters differ from checkpoint tensors
+            return []
+        return sorted(self._rlvr_expected - self._rlvr_loaded)
+
+
+class VLLMEngine:
+    """The rollout engine on vLLM 0.32.0 (see the module docstring for the API followed).
+
+    ``model_path`` is a Hugging Face model directory or hub id, or ``"tiny"``. ``**llm_kwargs`` go to
+    ``vllm.LLM`` (``EngineArgs`` fields), except the options this engine's correctness rests on
+    (``logprobs_mode``, ``worker_extension_cls``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
+    of the model's generation_config.json (v1/engine/input_processor.py passes them to
+    SamplingParams.update_from_generation_config); the Hugging Face engine stops at the tokenizer's EOS only.
+    """
+
+    def __init__(self, model_path: str, tokenizer: str | None = None, dtype: str = "bfloat16",
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,
+                 enforce_eager: bool = False, enable_prefix_caching: bool = True, weight_chunk_mb: int = 512,
+                 **llm_kwargs: Any):
+        reserved = sorted(set(_RESERVED_OPTIONS) & llm_kwargs.keys())
+        if reserved:
+            raise ValueError(f"VLLMEngine sets {reserved} itself; remove them from its keyword arguments")
+        self.vllm = import_vllm()
+        self.sleep_mode = enable_sleep_mode
+        self.weight_chunk_bytes = weight_chunk_mb << 20
+        self.asleep: set[str] = set()  # vLLM memory tags that sleep() released and wake() has not restored
+        self.llm = self.vllm.LLM(
+            model=resolve_model_path(model_path), tokenizer=tokenizer, dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
+            enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+            logprobs_mode=LOGPROBS_MODE, worker_extension_cls=f"{__name__}.WorkerExtension", **llm_kwargs,
+        )
+
+    def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One vLLM request per request, seeded by (``sampling.seed``, its index); completions in request order."""
+        if not requests:
+            return []
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep; call wake() before generate()")
+        prompts = [self.vllm.TokensPrompt(prompt_token_ids=list(request)) for request in requests]
+        params = [self.vllm.SamplingParams(**sampling_kwargs(sampling, i)) for i in range(len(requests))]
+        outputs = self.llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
+        return [completion_from_output(output.outputs[0], sampling.logprobs) for output in outputs]
+
+    def load_weights(self, named_arrays: dict[str, np.ndarray]) -> None:
+        """Load a full set of weights (:func:`rlvr.workers.weights.named_arrays`) into the running model.
+
+        Raises ``KeyError`` when a model parameter got nothing from ``named_arrays`` (it keeps its old values);
+        a name the model does not have fails in vLLM's loader. Like vLLM's own reload it cannot tell a fused
+        parameter that got only some of its parts (``k_proj`` missing beside ``q_proj``/``v_proj``). After a
+        failure the weights are a mix of old and new: load a full set again. Asleep, it brings the weights back
+        first; the KV cache waits for :meth:`wake`.
+        """
+        if "weights" in self.asleep:  # level-1 sleep moved them to CPU memory: restore them to overwrite them
+            self.llm.wake_up(tags=["weights"])
+            self.asleep.discard("weights")
+        self._rpc("rlvr_start_weight_update")
+        try:
+            for chunk in weight_chunks(tensors_from_arrays(named_arrays), self.weight_chunk_bytes):
+                self._rpc("rlvr_update_weights", chunk)
+        finally:
+            missing = sorted({name for names in self._rpc("rlvr_finish_weight_update") for name in names})
+            if "kv_cache" not in self.asleep:  # (sleep() already dropped the cache)
+                self.llm.reset_prefix_cache()  # blocks computed with the old weights must not serve new prompts
+        if missing:
+            raise KeyError(f"weight sync is missing {len(missing)} of the rollout model's tensors, e.g. "
+                           f"{missing[:3]} (vLLM's names)")
+
+    def sleep(self) -> None:
+        """Level-1 sleep: weights to CPU memory, KV cache released (no-op without ``enable_sleep_mode``)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = {"weights", "kv_cache"}
+
+    def wake(self) -> None:
+        """Restores what :meth:`sleep` released and is still away (no-op when awake)."""
+        if self.asleep:
+            self.llm.wake_up(tags=sorted(self.asleep))
+            self.asleep = set()
+
+    def _rpc(self, method: str, *args: Any) -> list[Any]:
+        """Calls a :class:`WorkerExtension` method on every worker; one result per worker."""
+        return self.llm.collective_rpc(method, args=args)

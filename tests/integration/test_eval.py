@@ -1,0 +1,117 @@
+"""``rlvr eval`` as a user runs it, and a recipe's ``eval:`` section during training: the real tiny model,
+real reward processes grading, the project's MATH500 copy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlvr.config import build_recipe
+from rlvr.data.tasks import arithmetic
+from rlvr.rewards.grading import grade
+from rlvr.trainer import train
+from tests.conftest import SHARED_DATA, tiny_overrides
+
+SAMPLE_FIELDS = {"benchmark", "problem_id", "sample", "prompt", "response", "extracted", "correct", "gold",
+                 "finish_reason", "num_tokens", "grader_error"}
+
+
+def _rlvr_eval(*args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "rlvr.cli", "eval", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_eval_of_the_tiny_model_on_20_math500_problems_writes_table_results_and_samples(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    result = _rlvr_eval("--model", tiny_model_dir, "--benchmarks", "math500", "--limit", "20", "--n", "2",
+                        "--max-new-tokens", "12", "--template", "plain", "--data-dir", str(SHARED_DATA),
+                        "--output", str(out), "--greedy", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # The terminal table: a header, one row for the benchmark, then MATH500's subject and level breakdowns.
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["benchmark", "problems", "avg@2", "pass@1", "pass@2", "maj@2", "greedy", "no",
+                                "answer", "truncated"]
+    assert lines[2].split()[:2] == ["math500", "20"]
+    assert "math500 by subject" in result.stdout and "math500 by level" in result.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    math500 = results["benchmarks"]["math500"]
+    assert (math500["num_problems"], math500["n"], math500["k"]) == (20, 2, 2)
+    for key in ("avg@2", "pass@2", "maj@2", "greedy"):
+        assert 0.0 <= math500[key] <= 1.0
+    assert set(math500["pass@k"]) == {"1", "2"} and math500["pass@k"]["1"] == pytest.approx(math500["avg@2"])
+    assert math500["counts"]["samples"] == 40
+    assert sum(g["num_problems"] for g in math500["by_level"].values()) == 20
+    assert set(math500["by_level"]) <= {"1", "2", "3", "4", "5"}
+    assert sum(g["num_problems"] for g in math500["by_subject"].values()) == 20
+    assert results["settings"]["n"] == 2 and results["model"] == tiny_model_dir
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 20 * 2 + 20  # n samples and one greedy response per problem
+    assert all(set(s) == SAMPLE_FIELDS for s in samples)
+    first20 = [json.loads(line)["id"] for line in (SHARED_DATA / "math500.jsonl").read_text().splitlines()[:20]]
+    assert [s["problem_id"] for s in samples if s["sample"] == 0] == first20
+    assert all(s["prompt"] for s in samples)
+    # The results agree with the samples they summarise.
+    assert math500["counts"]["correct"] == sum(s["correct"] for s in samples if s["sample"] != "greedy")
+    assert math500["counts"]["no_answer"] == sum(s["extracted"] is None for s in samples if s["sample"] != "greedy")
+
+    again = _rlvr_eval("--model", tiny_model_dir, "--benchmarks", "math500", "--limit", "2", "--data-dir",
+                       str(SHARED_DATA), "--output", str(out), cwd=tmp_path)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # results are never silently replaced
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--benchmarks", "math500,aime2024"], "benchmark 'aime2024' is unknown; known: math500, aime24, aime25"),
+        (["--benchmarks", "math500", "--n", "0"], "n (samples per problem) must be >= 1"),
+        (["--benchmarks", "math500", "--template", "qwen"], "prompt template 'qwen' is unknown"),
+        (["--benchmarks", "math500", "--reward", "nope"], "reward function 'nope' is neither a registered name"),
+        (["--benchmarks", "aime25", "--data-dir", "{data}"], "aime25"),
+    ],
+)
+def test_bad_eval_arguments_fail_before_the_model_loads(tmp_path, args, message):
+    args = [a.replace("{data}", str(SHARED_DATA)) for a in args]
+    # A model path that does not exist: reaching the model load would fail with a different message.
+    result = _rlvr_eval("--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "out"), *args,
+                        cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "cannot load model" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_evaluates_every_k_steps_and_logs_the_benchmarks(tiny_model_dir, ray_session, tmp_path):
+    problems = tmp_path / "arith.jsonl"
+    problems.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
+                                for p in arithmetic.problems("heldout", 8, seed=0)))
+    run_dir = tmp_path / "run"
+    recipe = build_recipe({}, tiny_overrides(tiny_model_dir, run_dir, **{
+        "eval.benchmarks": f"[{problems}]", "eval.every": 1, "eval.at_start": True, "eval.n": 2,
+        "eval.greedy": True, "eval.max_new_tokens": 8, "data.heldout": "null"}))
+    train(recipe)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        for key in ("eval/arith/avg@2", "eval/arith/pass@2", "eval/arith/maj@2", "eval/arith/greedy"):
+            assert 0.0 <= row[key] <= 1.0, (row["step"], key)
+    for step in (0, 1, 2):
+        results = json.loads((run_dir / "eval" / f"step_{step}" / "results.json").read_text())
+        assert results["step"] == step and results["benchmarks"]["arith"]["num_problems"] == 8
+        samples = [json.loads(line) for line in (run_dir / "eval" / f"step_{step}" / "samples.jsonl").open()]
+        assert len(samples) == 8 * 3
+        # Graded by the grader users call, in the reward processes.
+        assert [s["correct"] for s in samples] == [grade(s["response"], s["gold"]) for s in samples]
+        greedy = [s["correct"] for s in samples if s["sample"] == "greedy"]
+        assert rows[step]["eval/arith/greedy"] == sum(greedy) / 8
+
+
+def test_a_recipe_naming_an_unknown_benchmark_fails_at_once(tmp_path):
+    from rlvr.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"eval.benchmarks: .*benchmark 'math5000' is unknown"):
+        build_recipe({}, tiny_overrides("tiny", tmp_path, **{"eval.benchmarks": "[math5000]"}))

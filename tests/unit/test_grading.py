@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from rlvr.rewards import grading
-from rlvr.rewards.grading import extract_answer, grade, is_equivalent, normalize
+from rlvr.rewards.grading import bounded, extract_answer, grade, is_equivalent, normalize
 
 
 @pytest.mark.parametrize(
@@ -256,7 +255,7 @@ def test_the_main_thread_is_bounded_by_a_signal_and_puts_back_the_previous_alarm
 
 def test_another_thread_is_bounded_by_the_helper_which_is_replaced() -> None:
     assert _in_thread(is_equivalent, r"\sqrt{18}", r"3\sqrt{2}")[0] is True  # starts the helper
-    helper = grading._HELPER._process
+    helper = bounded._HELPER._process
     verdict, seconds = _in_thread(is_equivalent, SLOW_ANSWER, "3", timeout_s=0.5)
     assert verdict is False
     assert seconds < 0.5 + BOUND_MARGIN_S
@@ -267,8 +266,8 @@ def test_another_thread_is_bounded_by_the_helper_which_is_replaced() -> None:
 
 def test_a_dead_helper_costs_one_answer_and_is_replaced() -> None:
     assert _in_thread(is_equivalent, r"\sqrt{8}", r"2\sqrt{2}")[0] is True
-    grading._HELPER._process.kill()
-    grading._HELPER._process.join()
+    bounded._HELPER._process.kill()
+    bounded._HELPER._process.join()
     assert _in_thread(is_equivalent, r"\sqrt{8}", r"2\sqrt{2}")[0] is False
     assert _in_thread(is_equivalent, r"\sqrt{8}", r"2\sqrt{2}")[0] is True
 

@@ -129,6 +129,7 @@ class Trainer:
         with timer("ref"):
             if algo.needs_reference:
                 batch.ref_logprobs = ray.get(learner.logprobs.remote(batch, True))
+        algo.importance_weights(batch)  # truncated importance sampling, when the algorithm asks for it
         batch.advantages = algo.advantages(batch)
         with timer("update"):
             learner_metrics = ray.get(learner.update.remote(batch))
@@ -317,8 +318,9 @@ class _Source(RolloutSource):
         # Each round of a step gets its own seed, a pure function of (trainer.seed, step, round).
         seed = _seed(t.recipe.trainer.seed, self.step) + 104729 * self.rounds
         self.rounds += 1
+        engine_logprobs = not t.recipe.learner.recompute_old_logprobs or t.algorithm.needs_rollout_logprobs
         sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=seed % (2**31),
-                                  logprobs=not t.recipe.learner.recompute_old_logprobs)
+                                  logprobs=engine_logprobs)
         plan = plan or t.algorithm.rollout_plan(len(prompts), r.n)
         with self.timer("generate"):
             if t.scorer is None:

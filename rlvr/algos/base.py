@@ -19,7 +19,7 @@ One instance lives on the driver (its state: e.g. DCPO's per-prompt statistics) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -103,6 +103,11 @@ class ClippedOptions(AlgorithmOptions):
     entropy_mask_denominator: Literal["kept", "all"] = Field(
         "kept", description="Forking tokens: normalise the PG loss by the kept tokens (authors' code) or by "
         "all valid tokens (TRL).")
+    tis_cap: float | None = Field(
+        None, gt=0.0, description="Truncated importance sampling (Yao et al. 2025, 'Your efficient RL framework "
+        "secretly brings you off-policy RL training'): weight each token's PG loss by min(pi_learner / "
+        "pi_rollout, tis_cap), correcting the rollout engine's log-prob mismatch (vLLM bf16 vs the learner); "
+        "the authors use 2; null: off. Needs the engine's log-probs (requested automatically).")
 
 
 @dataclass
@@ -192,6 +197,23 @@ class Algorithm:
 
     def advantages(self, batch: RolloutBatch) -> Tensor:  # [N] or [N,T]
         raise NotImplementedError
+
+    @property
+    def needs_rollout_logprobs(self) -> bool:
+        """Whether the loss uses the rollout engine's own log-probs (truncated importance sampling)."""
+        return getattr(self.options, "tis_cap", None) is not None
+
+    def importance_weights(self, batch: RolloutBatch) -> None:
+        """Truncated importance-sampling weights of the learner's over the engine's log-probs, into
+        ``batch.algo_fields["tis_weight"]``, with mismatch metrics; nothing when ``tis_cap`` is off."""
+        cap = getattr(self.options, "tis_cap", None)
+        if cap is None:
+            return
+        from rlvr.algos.functional import truncated_is_weights
+
+        weights, metrics = truncated_is_weights(batch.old_logprobs, batch.rollout_logprobs, batch.response_mask, cap)
+        batch.algo_fields["tis_weight"] = weights
+        self.record(metrics)
 
     def effective_advantages(self, batch: RolloutBatch) -> Tensor:  # [N] or [N,T]
         """The advantage each row is actually trained with (COPO blends two), for adv/* metrics."""
@@ -335,6 +357,7 @@ class ClippedAlgorithm(Algorithm):
 
     def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         o = self.options
+        inputs = importance_weighted(inputs)
         valid = inputs.mask
         mask = valid
         for extra_mask in (self.token_mask(inputs), self.forking_mask(inputs)):
@@ -366,6 +389,18 @@ class ClippedAlgorithm(Algorithm):
     def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
         """Metrics of :meth:`per_token_loss`'s ``parts`` over the valid tokens (DCPO adds its bounds)."""
         return clip_metrics(parts, valid, self.options.dual_clip)
+
+
+def importance_weighted(inputs: LossInputs) -> LossInputs:
+    """``inputs`` with per-token advantages ``A * w`` when the rows carry truncated importance-sampling weights
+    ``w`` (``extra["tis_weight"]``). The clipped surrogate, dual clip included, is positively homogeneous in
+    ``A``, so scaling the advantage by ``w > 0`` scales each token's PG loss by ``w`` and nothing else."""
+    weights = inputs.extra.get("tis_weight")
+    if weights is None:
+        return inputs
+    advantages = inputs.advantages if inputs.advantages.dim() == 2 else inputs.advantages[:, None]
+    width = inputs.mask.shape[1]
+    return replace(inputs, advantages=advantages[:, :width] * weights[:, :width].to(advantages.dtype))
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float) -> Tensor:  # [N]

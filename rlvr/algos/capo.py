@@ -123,6 +123,10 @@ class CAPOOptions(ClippedOptions):
             out.append(f"algorithm.adam_beta1/adam_beta2 ({self.adam_beta1}, {self.adam_beta2}) differ from "
                        f"learner.betas {betas}: CAPO's optimiser model must track the learner's AdamW; set them "
                        "equal")
+        if self.tis_cap is not None:
+            out.append("algorithm.tis_cap: CAPO's curvature model scores tokens with the per-row advantage; "
+                       "truncated importance sampling is available for grpo, dapo, drgrpo, dcpo, forking-tokens "
+                       "and scaf_grpo")
         return out
 
 

@@ -45,6 +45,14 @@ class COPOOptions(ClippedOptions):
         """``soft-with-zero`` (as the authors' run_copo.sh spells it) means ``soft with zero``."""
         return value.replace("-", " ") if isinstance(value, str) else value
 
+    def problems(self, recipe) -> list[str]:
+        out = super().problems(recipe)
+        if self.tis_cap is not None:
+            out.append("algorithm.tis_cap: COPO blends a global and a local advantage per row; truncated "
+                       "importance sampling is available for grpo, dapo, drgrpo, dcpo, forking-tokens and "
+                       "scaf_grpo")
+        return out
+
 
 @register
 class COPO(ClippedAlgorithm):

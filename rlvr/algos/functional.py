@@ -175,6 +175,38 @@ def clipped_pg_loss(
     return aggregate(loss, mask, agg, loss_scale=loss_scale)
 
 
+def truncated_is_weights(
+    learner_logp: Tensor,  # [N,T] the learner's log-probs of the sampled tokens (old_logprobs)
+    rollout_logp: Tensor,  # [N,T] the rollout engine's log-probs of the same tokens
+    mask: Tensor,  # [N,T] valid response tokens
+    cap: float,
+) -> tuple[Tensor, dict[str, float]]:  # weights [N,T] (1 off the mask), metrics
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): ``w = min(exp(learner_logp - rollout_logp), cap)`` per token, detached.
+
+    Also measures the mismatch itself: ``rollout/mismatch_k3`` (the k3 estimate of KL(rollout || learner)
+    per token), ``rollout/logprob_abs_diff``, and ``tis/weight_mean`` / ``tis/clip_frac`` (tokens whose
+    ratio exceeded the cap). Raises ValueError when the engine returned no log-probs (NaN).
+    """
+    valid = mask.bool()
+    diff = (learner_logp - rollout_logp).float()
+    if torch.isnan(diff[valid]).any():
+        raise ValueError("truncated importance sampling (algorithm.tis_cap) needs the rollout engine's log-probs, "
+                         "and some response tokens have none")
+    ratio = torch.exp(diff.masked_fill(~valid, 0.0))
+    weights = torch.clamp(ratio, max=cap).masked_fill(~valid, 1.0).detach()
+    count = valid.sum().clamp(min=1)
+    # k3 of KL(rollout || learner) with d = learner - rollout: exp(d) - 1 - d, as kl_penalty's k3.
+    k3 = (torch.exp(diff) - 1.0 - diff).masked_fill(~valid, 0.0)
+    metrics = {
+        "rollout/mismatch_k3": float(k3.sum() / count),
+        "rollout/logprob_abs_diff": float(diff.abs().masked_fill(~valid, 0.0).sum() / count),
+        "tis/weight_mean": float(weights.masked_fill(~valid, 0.0).sum() / count),
+        "tis/clip_frac": float(((ratio > cap) & valid).sum() / count),
+    }
+    return weights, metrics
+
+
 def kl_penalty(
     logp: Tensor,  # [N,T]
     ref_logp: Tensor,  # [N,T]

@@ -81,3 +81,16 @@ def test_rollout_logprobs_can_stand_in_for_the_recomputed_ones(tiny_model_dir, r
         # Step 1 samples with the weights it trains, so the ratio to the sampler is 1 up to float noise.
         assert row["actor/pg_loss"] == row["actor/pg_loss"]  # not NaN
     assert rows[0]["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_truncated_importance_sampling_measures_the_engines_mismatch(tiny_model_dir, ray_session, tmp_path):
+    """With ``algorithm.tis_cap`` the engine's log-probs are requested and compared with the learner's. The
+    Hugging Face engine recomputes them with the same weights in fp32, so the mismatch is float noise and
+    the weights are 1: the correction changes nothing where nothing differs."""
+    recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{"algorithm.tis_cap": 2.0,
+                                                                          "data.heldout": "null"}))
+    train(recipe)
+    for row in _rows(tmp_path)[1:]:
+        assert 0.0 <= row["rollout/mismatch_k3"] < 1e-6
+        assert row["rollout/logprob_abs_diff"] < 1e-3
+        assert row["tis/weight_mean"] == pytest.approx(1.0, abs=1e-3) and row["tis/clip_frac"] == 0.0

@@ -132,7 +132,15 @@ class AlgorithmConfig(BaseModel):
 
 
 class LearnerConfig(Section):
-    backend: Literal["torch", "deepspeed"] = Field("torch", description="Plain torch (one process) or DeepSpeed ZeRO.")
+    backend: Literal["torch", "deepspeed"] = Field("torch", description="Plain torch (one process) or DeepSpeed ZeRO "
+                                                   "over learner.num_ranks processes (docs/deepspeed.md).")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed only. ZeRO stage: 2 partitions optimizer state and "
+                                      "gradients over the ranks, 3 the parameters too (each rank holds 1/M of the "
+                                      "model; OpenRLHF's and verl's choice for 7B+).")
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed only. Data-parallel ranks M (one Ray actor and one "
+                           "device each); each optimizer step's mini-batch is split across them.")
+    offload_optimizer: bool = Field(False, description="DeepSpeed only. Keep the fp32 master weights and AdamW "
+                                    "state in CPU memory and step there (ZeRO-Offload): GPU memory for speed.")
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (DeepSeekMath / TRL: 1e-6).")
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -232,8 +240,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        if self.learner.backend == "deepspeed":
-            raise ValueError("learner.backend 'deepspeed' is not available yet in this version; use 'torch'")
+        self._check_learner()
         if self.rollout.engine == "vllm":
             raise ValueError("rollout.engine 'vllm' is not available yet in this version; use 'hf'")
         early = self.rollout.early_rejection
@@ -254,6 +261,30 @@ class Recipe(Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _check_learner(self) -> None:
+        """The DeepSpeed fields apply to learner.backend deepspeed only, which needs the package and an
+        algorithm whose loss does not read the (partitioned) LM-head weight."""
+        learner = self.learner
+        if learner.backend == "torch":
+            for key, default in (("num_ranks", 1), ("zero_stage", 2), ("offload_optimizer", False)):
+                value = getattr(learner, key)
+                if value != default:
+                    raise ValueError(f"learner.{key}: {value!r} applies to learner.backend 'deepspeed' only; the "
+                                     f"torch learner is one process (set learner.backend=deepspeed, or leave "
+                                     f"learner.{key} at {default!r})")
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("learner.backend 'deepspeed' needs the deepspeed package: pip install 'rlvr[deepspeed]' "
+                             "(or use learner.backend torch)")
+        from rlvr import algos
+
+        if algos.get(self.algorithm.name).needs_hidden:
+            raise ValueError(f"learner.backend 'deepspeed' cannot train algorithm {self.algorithm.name!r}: its loss "
+                             "reads the LM-head weight and hidden states, which ZeRO partitions across ranks; use "
+                             "learner.backend torch")
 
 
 def _format_error(error: ValidationError) -> str:

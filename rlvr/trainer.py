@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
 from rlvr import algos, checkpoint
@@ -112,7 +111,7 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
-        timer, algo, learner = PhaseTimer(), self.algorithm, self.workers.learner
+        timer, algo, workers = PhaseTimer(), self.algorithm, self.workers
         source = _Source(self, timer, step)
         batch = source.sample(self.stream.next_batch())
         batch = algo.post_rollout(batch, source)
@@ -124,17 +123,17 @@ class Trainer:
                         step, algo.options.max_gen_batches)
             return {**row, **algo.pop_metrics(), **timer.metrics()}
         with timer("old_logprob"):
-            batch.old_logprobs = (ray.get(learner.logprobs.remote(batch))
-                                  if self.recipe.learner.recompute_old_logprobs else batch.rollout_logprobs)
+            batch.old_logprobs = (workers.logprobs(batch) if self.recipe.learner.recompute_old_logprobs
+                                  else batch.rollout_logprobs)
         with timer("ref"):
             if algo.needs_reference:
-                batch.ref_logprobs = ray.get(learner.logprobs.remote(batch, True))
+                batch.ref_logprobs = workers.logprobs(batch, reference=True)
         algo.importance_weights(batch)  # truncated importance sampling, when the algorithm asks for it
         batch.advantages = algo.advantages(batch)
         with timer("update"):
-            learner_metrics = ray.get(learner.update.remote(batch))
+            learner_metrics = workers.update(batch)
         with timer("sync"):
-            self.workers.sync_weights()
+            workers.sync_weights()
         row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
                     **learner_metrics, **timer.metrics()})
         trained = batch.num_response_tokens * self.recipe.learner.epochs
@@ -143,8 +142,8 @@ class Trainer:
         row["tokens/generated"] = source.tokens
         row["tokens/trained"] = trained
         row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
-        row["sync/bytes"] = self.workers.last_sync_bytes
-        row["memory/peak_bytes"] = max(ray.get([w.peak_memory.remote() for w in {self.workers.learner, *self.workers.rollouts}]))
+        row["sync/bytes"] = workers.last_sync_bytes
+        row["memory/peak_bytes"] = workers.peak_memory()
         return row
 
     def generate(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams) -> RolloutBatch:
@@ -240,7 +239,7 @@ class Trainer:
 
     def save(self, step: int) -> None:
         staging = checkpoint.staging_dir(self.run_dir, step)
-        ray.get(self.workers.learner.save.remote(str(staging)))
+        self.workers.save(str(staging))
         self.tokenizer.save_pretrained(staging)
         torch.save(self.algorithm.state_dict(), staging / "algorithm_state.pt")
         state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
@@ -248,7 +247,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = checkpoint.read_state(path)
-        ray.get(self.workers.learner.load.remote(str(path)))
+        self.workers.load(str(path))
         self.algorithm.load_state_dict(torch.load(path / "algorithm_state.pt", weights_only=False))
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])

@@ -13,6 +13,7 @@ import resource
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
+from rlvr.workers.weights import digest, named_arrays
 
 
 class TorchLearner:
@@ -38,10 +40,7 @@ class TorchLearner:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        warmup = cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = linear_warmup(self.optimizer, cfg.warmup_steps)
         self.temperature = recipe.rollout.temperature
 
     # -- forward -----------------------------------------------------------------------------------
@@ -104,39 +103,23 @@ class TorchLearner:
 
     def _backward(self, micro: RolloutBatch, num_tokens: float, num_seqs: float, num_micro: int,
                   context: dict) -> dict[str, float]:
-        algo = self.algorithm
-        with_entropy = algo.needs_entropy or algo.options.entropy_coef != 0
-        hidden = weight = None
-        if algo.needs_hidden:
-            logp, entropy, hidden = self._forward(self.model, micro, with_entropy, with_hidden=True)
-            hidden, weight = hidden.detach(), self.model.get_output_embeddings().weight.detach()
-        else:
-            logp, entropy = self._forward(self.model, micro, with_entropy)
-        mask = micro.response_mask.to(logp.dtype)
-        width = logp.shape[1]
-        inputs = LossInputs(
-            logp=logp,
-            old_logp=micro.old_logprobs[:, :width] if micro.old_logprobs is not None else logp.detach(),
-            entropy=entropy,
-            mask=mask,
-            advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, :width],
-            num_tokens=num_tokens,
-            num_seqs=num_seqs,
-            num_micro=num_micro,
-            ref_logp=micro.ref_logprobs[:, :width] if micro.ref_logprobs is not None else None,
-            lr=self.scheduler.get_last_lr()[0],
-            hidden=hidden,
-            lm_head_weight=weight,
-            response_tokens=micro.response_tokens[:, :width],
-            extra={**micro.algo_fields, **context},
-        )
-        loss, metrics = algo.loss(inputs)
+        lm_head = self.model.get_output_embeddings().weight if self.algorithm.needs_hidden else None
+        loss, metrics = micro_loss(self.algorithm, self._forward_for_loss, micro, num_tokens, num_seqs, num_micro,
+                                   self.scheduler.get_last_lr()[0], context, lm_head)
         loss.backward()
-        if entropy is not None:
-            metrics["actor/entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
         return metrics
 
+    def _forward_for_loss(self, micro: RolloutBatch, with_entropy: bool, with_hidden: bool):
+        return self._forward(self.model, micro, with_entropy, with_hidden)
+
     # -- state -------------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        """The policy's parameters and buffers for the rollout workers (:mod:`rlvr.workers.weights`)."""
+        return named_arrays(self.model)
+
+    def digest(self) -> str:
+        return digest(self.model)
+
     def save(self, directory: str) -> None:
         """Model in Hugging Face format, optimizer, scheduler and the algorithm's learner-side state."""
         self.model.save_pretrained(directory, safe_serialization=True)
@@ -152,6 +135,54 @@ class TorchLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.algorithm.load_state_dict(state["algorithm"])
+
+
+def micro_loss(algorithm: Algorithm, forward, micro: RolloutBatch, num_tokens: float, num_seqs: float,
+               num_micro: int, lr: float, context: dict, lm_head_weight: Tensor | None = None
+               ) -> tuple[Tensor, dict[str, float]]:
+    """One micro-batch's loss (to backpropagate) and metrics: the forward, then :meth:`Algorithm.loss`.
+
+    ``forward(micro, with_entropy, with_hidden)`` returns ``(logp, entropy[, hidden])`` at response positions.
+    ``num_tokens`` / ``num_seqs`` / ``num_micro`` count the whole mini-batch (over every data-parallel rank),
+    so that the micro-batch losses sum to the mini-batch's loss. ``lm_head_weight`` is needed only when the
+    algorithm asks for hidden states (CAPO).
+    """
+    with_entropy = algorithm.needs_entropy or algorithm.options.entropy_coef != 0
+    hidden = weight = None
+    if algorithm.needs_hidden:
+        logp, entropy, hidden = forward(micro, with_entropy, True)
+        hidden, weight = hidden.detach(), lm_head_weight.detach()
+    else:
+        logp, entropy = forward(micro, with_entropy, False)
+    mask = micro.response_mask.to(logp.dtype)
+    width = logp.shape[1]
+    inputs = LossInputs(
+        logp=logp,
+        old_logp=micro.old_logprobs[:, :width] if micro.old_logprobs is not None else logp.detach(),
+        entropy=entropy,
+        mask=mask,
+        advantages=micro.advantages if micro.advantages.dim() == 1 else micro.advantages[:, :width],
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        num_micro=num_micro,
+        ref_logp=micro.ref_logprobs[:, :width] if micro.ref_logprobs is not None else None,
+        lr=lr,
+        hidden=hidden,
+        lm_head_weight=weight,
+        response_tokens=micro.response_tokens[:, :width],
+        extra={**micro.algo_fields, **context},
+    )
+    loss, metrics = algorithm.loss(inputs)
+    if entropy is not None:
+        metrics["actor/entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+    return loss, metrics
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises linearly over the first ``warmup_steps`` optimizer steps, then stays."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
+    )
 
 
 def peak_memory_bytes() -> int:

@@ -19,13 +19,21 @@ Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
   log-probs of a truncated distribution (:func:`sampling_kwargs`); with ``learner.recompute_old_logprobs``
   (the default) the trainer asks for none. Greedy requests get the untempered (temperature 1) log-probs, as
   from the Hugging Face engine.
-- Weights: 0.32's weight-transfer API (``entrypoints/rl/offline.py:RLOfflineMixin``, ``distributed/
-  weight_transfer/``) moves tensors GPU to GPU (NCCL from a trainer process group, CUDA IPC from a process on
-  the same GPU). Here weights arrive as host numpy arrays (the Ray object-store path), so they travel in chunks
-  through ``LLM.collective_rpc`` to methods that ``worker_extension_cls`` mixes into the worker
+- Weights, host arrays (the Ray object-store path, :meth:`VLLMEngine.load_weights`): in chunks through
+  ``LLM.collective_rpc`` to methods that ``worker_extension_cls`` mixes into the worker
   (``config/parallel.py:ParallelConfig.worker_extension_cls``, ``v1/worker/worker_base.py:
   WorkerWrapperBase.init_worker``), which load them with the same layerwise-reload steps as 0.32's own
   backends (:class:`WorkerExtension`).
+- Weights, GPU to GPU: 0.32's weight-transfer API. ``weight_transfer="nccl"`` or ``"ipc"`` becomes
+  ``LLM(weight_transfer_config={"backend": ...})`` (``engine/arg_utils.py:EngineArgs.weight_transfer_config``,
+  ``config/weight_transfer.py:WeightTransferConfig``), whose worker builds ``NCCLWeightTransferEngine`` or
+  ``IPCWeightTransferEngine`` (``distributed/weight_transfer/factory.py:WeightTransferEngineFactory``,
+  ``v1/worker/gpu_worker.py:Worker.load_model``). The engine's ``init_weight_transfer_engine``,
+  ``start_weight_update``, ``update_weights``, ``finish_weight_update`` and ``shutdown_weight_transfer_engine``
+  call ``entrypoints/rl/offline.py:RLOfflineMixin``'s methods of the same names on ``vllm.LLM``, which
+  ``collective_rpc`` the worker's (``v1/worker/gpu_worker.py:Worker.init_weight_transfer_engine`` ...); so the
+  engine has the methods of vLLM's trainer-side client protocol (``distributed/weight_transfer/base.py:
+  VLLMWeightSyncClient``) and :mod:`rlvr.workers.sync` drives it with vLLM's trainer engines.
 - Sleep: ``LLM.sleep(level=1)`` (weights to CPU memory, KV cache dropped) and ``LLM.wake_up(tags=...)``
   (``entrypoints/llm.py``; tags ``"weights"``, ``"kv_cache"`` from ``v1/executor/abstract.py:SLEEP_TAGS``).
 """
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -43,6 +52,7 @@ import torch
 
 from rlvr.models.loading import resolve_model_path
 from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.workers.sync import BACKENDS, specs_from_wire, total_bytes
 from rlvr.workers.weights import BF16_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -53,8 +63,9 @@ INSTALL_HINT = "vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine
 # vLLM 0.32 raises temperatures in (0, 0.01) to 0.01 and rejects those above 2
 # (sampling_params.py: _MAX_TEMP, SamplingParams.__post_init__ and _verify_args).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 2.0
-# Options this module sets for its own correctness; a caller's **llm_kwargs may not change them.
-_RESERVED_OPTIONS = ("logprobs_mode", "worker_extension_cls")
+# Options this module sets for its own correctness; a caller's **llm_kwargs may not change them
+# (weight_transfer_config is set through the engine's weight_transfer argument).
+_RESERVED_OPTIONS = ("logprobs_mode", "worker_extension_cls", "weight_transfer_config")
 
 WireTensor = tuple[str, str, list[int], bytes]  # (name, torch dtype name, shape, raw bytes)
 
@@ -68,6 +79,24 @@ def import_vllm():
     if vllm.__version__.split("+")[0] != VLLM_VERSION:
         log.warning("rlvr's vLLM engine follows vLLM %s's API; found vLLM %s", VLLM_VERSION, vllm.__version__)
     return vllm
+
+
+def allow_pickled_ipc_handles() -> None:
+    """Lets vLLM's engine messages carry CUDA IPC handles, before the engine starts.
+
+    An IPC handle (``torch.multiprocessing.reductions.reduce_tensor``'s arguments) holds torch classes, a dtype and a
+    device, which vLLM's msgpack messages between this process and the engine-core process carry only pickled, and
+    only with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (v1/serial_utils.py: MsgpackEncoder.enc_hook,
+    MsgpackDecoder.ext_hook); vLLM's colocated example (examples/rl/rlhf_ipc.py in its repository, not the wheel)
+    sets it for this reason. The engine-core process inherits it when it starts. It allows pickle on the engine's
+    local sockets, for every vLLM engine this process starts.
+    """
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    import vllm.envs as envs
+
+    if not envs.VLLM_ALLOW_INSECURE_SERIALIZATION:  # envs.enable_envs_cache() froze the old value
+        raise RuntimeError("vLLM read its environment before VLLM_ALLOW_INSECURE_SERIALIZATION=1 was set; CUDA IPC "
+                           "weight sync needs it set before the first vLLM engine of the process")
 
 
 # ---- sampling: our SamplingParams -> vLLM's, per request ----
@@ -258,6 +287,10 @@ class WorkerExtension:
             loaded = self.model_runner.get_model().load_weights(tensors_from_chunk(chunk))
         self._rlvr_loaded.update(loaded or ())
 
+    def rlvr_device_uuid(self) -> str:
+        """The UUID of the worker's GPU (what IPC handles are keyed by; ipc_engine.py: receive_weights)."""
+        return str(torch.cuda.get_device_properties(self.device).uuid)
+
     def rlvr_finish_weight_update(self) -> list[str]:
         """Finalises the reload; returns the model parameters (vLLM names) that no chunk carried."""
         from vllm.config import set_current_vllm_config
@@ -277,9 +310,11 @@ class WorkerExtension:
 class VLLMEngine:
     """The rollout engine on vLLM 0.32.0 (see the module docstring for the API followed).
 
-    ``model_path`` is a Hugging Face model directory or hub id, or ``"tiny"``. ``**llm_kwargs`` go to
-    ``vllm.LLM`` (``EngineArgs`` fields), except the options this engine's correctness rests on
-    (``logprobs_mode``, ``worker_extension_cls``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
+    ``model_path`` is a Hugging Face model directory or hub id, or ``"tiny"``. ``weight_transfer`` (``"nccl"``,
+    ``"ipc"`` or None) enables vLLM's weight-transfer backend for GPU-to-GPU sync (:mod:`rlvr.workers.sync`);
+    host arrays load through :meth:`load_weights` either way. ``**llm_kwargs`` go to ``vllm.LLM`` (``EngineArgs``
+    fields), except the options this engine sets itself (``logprobs_mode``, ``worker_extension_cls``,
+    ``weight_transfer_config``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
     of the model's generation_config.json (v1/engine/input_processor.py passes them to
     SamplingParams.update_from_generation_config); the Hugging Face engine stops at the tokenizer's EOS only.
     """
@@ -288,11 +323,19 @@ class VLLMEngine:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, weight_chunk_mb: int = 512,
-                 **llm_kwargs: Any):
+                 weight_transfer: str | None = None, **llm_kwargs: Any):
         reserved = sorted(set(_RESERVED_OPTIONS) & llm_kwargs.keys())
         if reserved:
             raise ValueError(f"VLLMEngine sets {reserved} itself; remove them from its keyword arguments")
+        if weight_transfer is not None and weight_transfer not in BACKENDS:
+            raise ValueError(f"weight_transfer={weight_transfer!r}: the GPU weight-sync backends are {BACKENDS} "
+                             "(None: host arrays through load_weights only)")
         self.vllm = import_vllm()
+        self.weight_transfer = weight_transfer
+        if weight_transfer is not None:
+            llm_kwargs["weight_transfer_config"] = {"backend": weight_transfer}
+        if weight_transfer == "ipc":
+            allow_pickled_ipc_handles()
         self.sleep_mode = enable_sleep_mode
         self.weight_chunk_bytes = weight_chunk_mb << 20
         self.asleep: set[str] = set()  # vLLM memory tags that sleep() released and wake() has not restored
@@ -324,20 +367,74 @@ class VLLMEngine:
         failure the weights are a mix of old and new: load a full set again. Asleep, it brings the weights back
         first; the KV cache waits for :meth:`wake`.
         """
-        if "weights" in self.asleep:  # level-1 sleep moved them to CPU memory: restore them to overwrite them
-            self.llm.wake_up(tags=["weights"])
-            self.asleep.discard("weights")
+        self._wake_weights()
         self._rpc("rlvr_start_weight_update")
         try:
             for chunk in weight_chunks(tensors_from_arrays(named_arrays), self.weight_chunk_bytes):
                 self._rpc("rlvr_update_weights", chunk)
         finally:
             missing = sorted({name for names in self._rpc("rlvr_finish_weight_update") for name in names})
-            if "kv_cache" not in self.asleep:  # (sleep() already dropped the cache)
-                self.llm.reset_prefix_cache()  # blocks computed with the old weights must not serve new prompts
+            self._reset_prefix_cache()
         if missing:
             raise KeyError(f"weight sync is missing {len(missing)} of the rollout model's tensors, e.g. "
                            f"{missing[:3]} (vLLM's names)")
+
+    # ---- GPU to GPU: vLLM 0.32's weight-transfer API, driven by rlvr.workers.sync from the learner ----
+
+    def weight_sync_info(self) -> dict[str, Any]:
+        """What a sender checks before it starts (rlvr.workers.sync.check_engines): this engine's backend, its
+        worker count (its NCCL ranks: ``LLM.get_world_size(include_dp=True)``) and each worker's GPU UUID."""
+        return {"backend": self.weight_transfer, "world_size": self.llm.get_world_size(include_dp=True),
+                "device_uuids": [str(uuid) for uuid in self._rpc("rlvr_device_uuid")]}
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Joins the sender: NCCL (``master_address``, ``master_port``, ``rank_offset``, ``world_size``, the packing)
+        blocks until the whole group has rendezvoused; IPC (``packed``) only records the packing.
+        ``LLM.init_weight_transfer_engine(request)`` (entrypoints/rl/offline.py)."""
+        self._require_weight_transfer()
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        """Opens a round (layerwise reload: the layers wait on the meta device; no request may run until
+        :meth:`finish_weight_update`). Asleep, the weights come back first; the KV cache waits for :meth:`wake`."""
+        self._require_weight_transfer()
+        self._wake_weights()
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> int:
+        """Receives one bucket: NCCL ``{names, dtype_names, shapes}`` (the broadcast the sender runs meanwhile),
+        IPC the same plus ``ipc_handles`` and ``tensor_sizes``; the worker loads it with ``model.load_weights``
+        (Hugging Face names). Returns the bytes the bucket announced. ``LLM.update_weights(request)``."""
+        nbytes = total_bytes(specs_from_wire(update_info))
+        self.llm.update_weights({"update_info": update_info})
+        return nbytes
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        """Closes the round (``finalize_layerwise_reload``) and drops the prefix cache, whose blocks belong to the
+        old weights. Unlike :meth:`load_weights`, vLLM does not report parameters the round did not carry: a
+        sender sends the whole state dict. ``LLM.finish_weight_update(weight_version)``."""
+        self.llm.finish_weight_update(weight_version)
+        self._reset_prefix_cache()
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        """Releases the sender's connection (the NCCL communicator); the engine keeps serving."""
+        self.llm.shutdown_weight_transfer_engine()
+
+    def _require_weight_transfer(self) -> None:
+        if self.weight_transfer is None:
+            raise RuntimeError("this vLLM engine was built without weight_transfer; GPU weight sync needs "
+                               "VLLMEngine(..., weight_transfer='nccl' or 'ipc')")
+
+    def _wake_weights(self) -> None:
+        """Level-1 sleep moved the weights to CPU memory: restore them before overwriting them."""
+        if "weights" in self.asleep:
+            self.llm.wake_up(tags=["weights"])
+            self.asleep.discard("weights")
+
+    def _reset_prefix_cache(self) -> None:
+        """Blocks computed with the old weights must not serve new prompts (asleep, sleep() already dropped them)."""
+        if "kv_cache" not in self.asleep:
+            self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
         """Level-1 sleep: weights to CPU memory, KV cache released (no-op without ``enable_sleep_mode``)."""

@@ -43,8 +43,33 @@ class _Sampler:
         return peak_memory_bytes()
 
 
+class _Learning(_Sampler):
+    """What both learner actor kinds share: calls passed to their learner (``TorchLearner`` or one rank of
+    ``DeepSpeedLearner``), which answers on rank 0."""
+
+    learner: Any
+
+    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor | None:
+        return self.learner.logprobs(batch, reference)
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        return self.learner.update(batch)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.learner.weights()
+
+    def learner_digest(self) -> str:
+        return self.learner.digest()
+
+    def save(self, directory: str) -> None:
+        self.learner.save(directory)
+
+    def load(self, directory: str) -> None:
+        self.learner.load(directory)
+
+
 @ray.remote
-class LearnerActor(_Sampler):
+class LearnerActor(_Learning):
     """The torch learner; in colocated placement its engine samples with the learner's own module."""
 
     def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, with_engine: bool):
@@ -60,27 +85,57 @@ class LearnerActor(_Sampler):
         if with_engine:
             self.engine = HFEngine(self.learner.model, load_tokenizer(model_dir), recipe.rollout.batch_size)
 
-    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor:
-        return self.learner.logprobs(batch, reference)
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        return self.learner.update(batch)
+@ray.remote
+class LearnerRankActor(_Learning):
+    """One rank of a DeepSpeed learner group (:mod:`rlvr.learner.deepspeed`). Built in two calls: the
+    constructor, then :meth:`setup` on every rank at once with rank 0's address (the process group's
+    rendezvous waits for all of them).
 
-    def weights(self) -> dict[str, np.ndarray]:
-        from rlvr.workers.weights import named_arrays
+    With ``with_engine`` (colocated placement, rank 0) it also samples: under ZeRO-2 with the learner's
+    own module, whose parameters every rank holds whole; under ZeRO-3 with a copy, refreshed in process
+    by :meth:`refresh_engine` after each update, since a partitioned module's forward is a collective
+    that the other ranks would have to join for every generated token.
+    """
 
-        return named_arrays(self.learner.model)
+    def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, rank: int, world_size: int,
+                 with_engine: bool):
+        self.recipe = _setup(recipe_data, num_threads)
+        self.model_dir, self.rank, self.world_size, self.with_engine = model_dir, rank, world_size, with_engine
+        self.engine = None
 
-    def learner_digest(self) -> str:
-        from rlvr.workers.weights import digest
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port on it: the process group's rendezvous (rank 0)."""
+        import socket
 
-        return digest(self.learner.model)
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
 
-    def save(self, directory: str) -> None:
-        self.learner.save(directory)
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from rlvr import algos
+        from rlvr.learner.deepspeed import DeepSpeedLearner, init_process_group
+        from rlvr.models.loading import load_model, load_tokenizer
+        from rlvr.rollout.hf import HFEngine
 
-    def load(self, directory: str) -> None:
-        self.learner.load(directory)
+        init_process_group(self.rank, self.world_size, master_addr, master_port)
+        recipe = self.recipe
+        self.learner = DeepSpeedLearner(recipe, self.model_dir, algos.from_recipe(recipe), self.rank, self.world_size)
+        if self.with_engine:
+            model = self.learner.model
+            if self.learner.stage == 3:
+                model = load_model(self.model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
+                model.requires_grad_(False).eval().to(self.learner.device)
+            self.engine = HFEngine(model, load_tokenizer(self.model_dir), recipe.rollout.batch_size)
+
+    def refresh_engine(self) -> int:
+        """Colocated ZeRO-3: gather the weights (every rank) into rank 0's engine copy; bytes copied."""
+        arrays = self.learner.weights()
+        if self.engine is None:
+            return 0
+        self.engine.load_weights(arrays)
+        return sum(a.nbytes for a in arrays.values())
 
 
 @ray.remote

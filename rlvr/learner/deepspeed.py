@@ -41,6 +41,7 @@ import os
 import sys
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,10 @@ from torch import Tensor
 from rlvr.algos.base import Algorithm
 from rlvr.batch import RolloutBatch
 from rlvr.config import LearnerConfig, Recipe
-from rlvr.learner.torch import _chunks, linear_warmup, micro_loss
+from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model
+from rlvr.workers.sync import TensorSpec
 from rlvr.workers.weights import digest_arrays, tensor_arrays
 
 SYNC_BUCKET_BYTES = 256 * 2**20  # parameters gathered at once for a weight sync or a save (OpenRLHF-sized)
@@ -237,27 +239,14 @@ class DeepSpeedLearner:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``epochs`` x mini-batches of optimizer steps on ``batch``, as the torch learner; rank 0 returns
         the step's learner metrics over every rank's tokens, the other ranks ``{}``."""
-        cfg = self.recipe.learner
-        mini = cfg.mini_batch_size or len(batch)
-        sums: dict[str, float] = defaultdict(float)
-        grad_norms, skipped = [], 0
-        for _ in range(cfg.epochs):
-            for mini_rows in _chunks(len(batch), mini):
-                norm, applied = self._optimizer_step(batch.select(mini_rows), sums)
-                grad_norms.append(norm)
-                skipped += not applied
-        totals = defaultdict(float)
+        sums, grad_norms, skipped = optimizer_steps(batch, self.recipe.learner, self._optimizer_step)
+        totals: dict[str, float] = defaultdict(float)
         for part in self._gather(dict(sums)) or []:
             for key, value in part.items():
                 totals[key] += value
         if self.rank != 0:
             return {}
-        passes = max(1, cfg.epochs * math.ceil(len(batch) / mini))
-        out = {key: value / passes for key, value in totals.items()}
-        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["actor/lr"] = self.scheduler.get_last_lr()[0]
-        out["actor/skipped_steps"] = float(skipped)
-        return out
+        return step_metrics(totals, grad_norms, skipped, self.scheduler.get_last_lr()[0])
 
     def _optimizer_step(self, minibatch: RolloutBatch, sums: dict[str, float]) -> tuple[float, bool]:
         """One optimizer step on this rank's pieces of ``minibatch``; adds this rank's share of the metrics
@@ -292,20 +281,45 @@ class DeepSpeedLearner:
         return float(self.engine.get_global_grad_norm()), applied
 
     # -- weights and state -------------------------------------------------------------------------
-    def _full_state(self) -> dict[str, Tensor]:
-        """The policy's ``state_dict`` as CPU copies on rank 0 (``{}`` elsewhere). Under ZeRO-3 the
-        parameters are gathered :data:`SYNC_BUCKET_BYTES` at a time; each bucket is released before the
-        next, so no rank ever holds more than one bucket beyond its partition (rank 0: plus the copies)."""
+    def _gathered(self, buckets: list[list[tuple[list[str], Tensor]]]) -> Iterator[list[tuple[list[str], Tensor]]]:
+        """Each of ``buckets`` (:func:`_buckets` of the policy's state) with its parameters whole while it is the
+        current one: under ZeRO-3 gathered on every rank (a collective: every rank runs this through, in step)
+        and released before the next, so no rank holds more than one bucket beyond its partition."""
         import deepspeed
 
-        out: dict[str, Tensor] = {}
-        for bucket in _buckets(self.model.state_dict(keep_vars=True), SYNC_BUCKET_BYTES):
+        for bucket in buckets:
             partitioned = [tensor for _, tensor in bucket if hasattr(tensor, "ds_id")]
             with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None, enabled=bool(partitioned)):
-                if self.rank == 0:
-                    for names, tensor in bucket:
-                        out.update(dict.fromkeys(names, tensor.detach().to("cpu", copy=True)))
+                yield bucket
+
+    def _full_state(self) -> dict[str, Tensor]:
+        """The policy's ``state_dict`` as CPU copies on rank 0 (``{}`` elsewhere), gathered
+        :data:`SYNC_BUCKET_BYTES` at a time (:meth:`_gathered`; rank 0 holds the copies besides)."""
+        out: dict[str, Tensor] = {}
+        for bucket in self._gathered(_buckets(self.model.state_dict(keep_vars=True), SYNC_BUCKET_BYTES)):
+            if self.rank == 0:
+                for names, tensor in bucket:
+                    out.update(dict.fromkeys(names, tensor.detach().to("cpu", copy=True)))
         return out
+
+    def device_weights(self) -> tuple[list[TensorSpec], Iterator[tuple[str, Tensor]]]:
+        """The full policy weights on this rank's device, for a GPU weight sync (:mod:`rlvr.workers.sync`): every
+        tensor's spec up front (Hugging Face names, the learner's dtype; ZeRO-3 parameters at their full shape),
+        and the tensors in that order as an iterator that every rank must run through together, since under
+        ZeRO-3 it gathers bucket by bucket (:meth:`_gathered`). Gathered tensors are yielded as copies: vLLM's
+        NCCL packer may still hold a tensor when its bucket is released. Tied weights go under each name."""
+        buckets = _buckets(self.model.state_dict(keep_vars=True), SYNC_BUCKET_BYTES)
+        specs = [TensorSpec(name, tensor.dtype, tuple(getattr(tensor, "ds_shape", tensor.shape)))
+                 for bucket in buckets for names, tensor in bucket for name in names]
+
+        def tensors() -> Iterator[tuple[str, Tensor]]:
+            for bucket in self._gathered(buckets):
+                for names, tensor in bucket:
+                    full = tensor.detach().clone() if hasattr(tensor, "ds_id") else tensor.detach()
+                    for name in names:
+                        yield name, full
+
+        return specs, tensors()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The full policy weights as numpy arrays (:mod:`rlvr.workers.weights`) on rank 0; ``{}`` elsewhere."""

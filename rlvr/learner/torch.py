@@ -8,7 +8,6 @@ fp32 logits tensor.
 
 from __future__ import annotations
 
-import math
 import resource
 from collections import defaultdict
 from pathlib import Path
@@ -59,7 +58,7 @@ class TorchLearner:
         """Log-probs of the batch's responses under the current policy (or the frozen reference)."""
         model = self.reference if reference else self.model
         out = torch.zeros(batch.response_tokens.shape)
-        for rows in _chunks(len(batch), self.recipe.learner.micro_batch_size):
+        for rows in chunks(len(batch), self.recipe.learner.micro_batch_size):
             micro = batch.select(rows).trimmed()
             logp, _ = self._forward(model, micro, with_entropy=False)
             out[rows, : logp.shape[1]] = logp.float()
@@ -68,38 +67,32 @@ class TorchLearner:
     # -- update ------------------------------------------------------------------------------------
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``epochs`` x mini-batches of optimizer steps on ``batch``; returns the step's learner metrics."""
+        sums, grad_norms, skipped = optimizer_steps(batch, self.recipe.learner, self._optimizer_step)
+        return step_metrics(sums, grad_norms, skipped, self.scheduler.get_last_lr()[0])
+
+    def _optimizer_step(self, minibatch: RolloutBatch, sums: dict[str, float]) -> tuple[float, bool]:
+        """Gradient accumulation over ``minibatch``'s micro-batches, then one clipped optimizer step; adds the
+        metrics, weighted by token share, to ``sums``. Returns the gradient norm and whether it was applied."""
         cfg = self.recipe.learner
-        mini = cfg.mini_batch_size or len(batch)
-        sums: dict[str, float] = defaultdict(float)
-        grad_norms, skipped = [], 0
-        for _ in range(cfg.epochs):
-            for mini_rows in _chunks(len(batch), mini):
-                minibatch = batch.select(mini_rows)
-                num_tokens = float(minibatch.response_mask.sum().item())
-                micro_rows = _chunks(len(minibatch), cfg.micro_batch_size)
-                contexts = self.algorithm.minibatch_context(minibatch, micro_rows, self._entropy)
-                self.optimizer.zero_grad(set_to_none=True)
-                for rows, context in zip(micro_rows, contexts):
-                    micro = minibatch.select(rows).trimmed()
-                    metrics = self._backward(micro, num_tokens, float(len(minibatch)), len(micro_rows), context)
-                    share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
-                    for key, value in metrics.items():
-                        sums[key] += value * share
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                if torch.isfinite(norm):
-                    self.optimizer.step()
-                    for key, value in self.algorithm.on_optimizer_step().items():
-                        sums[key] += value
-                else:  # a non-finite gradient would poison the weights; skip and say so
-                    skipped += 1
-                self.scheduler.step()
-                grad_norms.append(float(norm))
-        passes = max(1, cfg.epochs * math.ceil(len(batch) / mini))
-        out = {key: value / passes for key, value in sums.items()}
-        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["actor/lr"] = self.scheduler.get_last_lr()[0]
-        out["actor/skipped_steps"] = float(skipped)
-        return out
+        num_tokens = float(minibatch.response_mask.sum().item())
+        micro_rows = chunks(len(minibatch), cfg.micro_batch_size)
+        contexts = self.algorithm.minibatch_context(minibatch, micro_rows, self._entropy)
+        self.optimizer.zero_grad(set_to_none=True)
+        for rows, context in zip(micro_rows, contexts):
+            micro = minibatch.select(rows).trimmed()
+            metrics = self._backward(micro, num_tokens, float(len(minibatch)), len(micro_rows), context)
+            share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
+            for key, value in metrics.items():
+                sums[key] += value * share
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        applied = bool(torch.isfinite(norm))
+        if applied:
+            self.optimizer.step()
+            for key, value in self.algorithm.on_optimizer_step().items():
+                sums[key] += value
+        # else: a non-finite gradient would poison the weights; the step is skipped and counted
+        self.scheduler.step()
+        return float(norm), applied
 
     def _backward(self, micro: RolloutBatch, num_tokens: float, num_seqs: float, num_micro: int,
                   context: dict) -> dict[str, float]:
@@ -192,5 +185,32 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _chunks(n: int, size: int) -> list[list[int]]:
+def optimizer_steps(batch: RolloutBatch, cfg, optimizer_step) -> tuple[dict[str, float], list[float], int]:
+    """``cfg.epochs`` passes over ``batch`` in mini-batches of ``cfg.mini_batch_size`` rows (default: all), one
+    ``optimizer_step(minibatch, sums) -> (grad_norm, applied)`` each, shared by the torch and DeepSpeed learners.
+    Returns the metric sums, every step's gradient norm, and the number of skipped (non-finite) steps."""
+    mini = cfg.mini_batch_size or len(batch)
+    sums: dict[str, float] = defaultdict(float)
+    grad_norms, skipped = [], 0
+    for _ in range(cfg.epochs):
+        for rows in chunks(len(batch), mini):
+            norm, applied = optimizer_step(batch.select(rows), sums)
+            grad_norms.append(norm)
+            skipped += not applied
+    return sums, grad_norms, skipped
+
+
+def step_metrics(sums: dict[str, float], grad_norms: list[float], skipped: int, lr: float) -> dict[str, float]:
+    """The learner metrics of one RL step: per-optimizer-step means of ``sums``, the mean gradient norm, the
+    learning rate after the step and the count of skipped steps."""
+    steps = max(1, len(grad_norms))
+    out = {key: value / steps for key, value in sums.items()}
+    out["actor/grad_norm"] = sum(grad_norms) / steps
+    out["actor/lr"] = lr
+    out["actor/skipped_steps"] = float(skipped)
+    return out
+
+
+def chunks(n: int, size: int) -> list[list[int]]:
+    """``range(n)`` in consecutive pieces of ``size`` (the last may be shorter)."""
     return [list(range(start, min(n, start + size))) for start in range(0, n, size)]

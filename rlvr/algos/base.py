@@ -110,6 +110,12 @@ class ClippedOptions(AlgorithmOptions):
         "the authors use 2; null: off. Needs the engine's log-probs (requested automatically).")
 
 
+# Loss metrics a micro-batch reports as its contribution to the mini-batch's loss (micro-batch losses add up
+# to the mini-batch loss in either aggregation scope): the learners sum these over micro-batches and ranks,
+# and token-weight every other metric (per-micro-batch means such as entropy or clip fractions).
+ADDITIVE_METRICS = frozenset({"actor/pg_loss", "actor/kl"})
+
+
 @dataclass
 class RunInfo:
     """What an algorithm may need to know about the run it is part of."""

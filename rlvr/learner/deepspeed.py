@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlvr.algos.base import Algorithm
+from rlvr.algos.base import ADDITIVE_METRICS, Algorithm
 from rlvr.batch import RolloutBatch
 from rlvr.config import LearnerConfig, Recipe
 from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
@@ -269,7 +269,7 @@ class DeepSpeedLearner:
             if counts:
                 share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
                 for key, value in metrics.items():
-                    sums[key] += value * share
+                    sums[key] += value if key in ADDITIVE_METRICS else value * share
         self.engine.step()
         self.scheduler.step()
         applied = self.engine.was_step_applied()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlvr.algos.base import Algorithm, LossInputs
+from rlvr.algos.base import ADDITIVE_METRICS, Algorithm, LossInputs
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
 from rlvr.models.forward import response_logprobs
@@ -83,7 +83,7 @@ class TorchLearner:
             metrics = self._backward(micro, num_tokens, float(len(minibatch)), len(micro_rows), context)
             share = float(micro.response_mask.sum().item()) / max(num_tokens, 1.0)
             for key, value in metrics.items():
-                sums[key] += value * share
+                sums[key] += value if key in ADDITIVE_METRICS else value * share
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         applied = bool(torch.isfinite(norm))
         if applied:

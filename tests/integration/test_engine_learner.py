@@ -1,5 +1,6 @@
 """The Hugging Face engine and the torch learner on the real tiny model, in-process."""
 
+import pytest
 import torch
 
 from rlvr import algos
@@ -103,3 +104,21 @@ def test_logprobs_are_skipped_when_not_asked_for(tiny_model_dir):
     assert all(c.logprobs == [] for c in completions)
     mask = without.response_mask.bool()
     assert without.rollout_logprobs[mask].isnan().all() and (without.rollout_logprobs[~mask] == 0).all()
+
+
+def test_logged_losses_do_not_depend_on_the_micro_batch_size(tiny_model_dir):
+    """Micro-batches add up to the mini-batch's loss: the logged pg_loss and kl are the mini-batch's whatever
+    the cut (they used to be token-weighted a second time and shrink with more micro-batches)."""
+    torch.manual_seed(0)
+    metrics = {}
+    for micro in (32, 4):
+        _, learner, tokenizer, engine = _setup(tiny_model_dir, **{"learner.micro_batch_size": micro})
+        learner.algorithm = algos.build("grpo", kl_coef=0.1)
+        batch, _ = _batch(tokenizer, engine, SamplingParams(max_new_tokens=8, seed=1), count=16, n=2)
+        batch.advantages = torch.tensor([1.0, -1.0] * (len(batch) // 2))
+        batch.old_logprobs = learner.logprobs(batch)
+        batch.ref_logprobs = batch.old_logprobs - 0.05 * batch.response_mask  # a fixed, non-zero KL
+        metrics[micro] = learner.update(batch)
+    for key in ("actor/pg_loss", "actor/kl", "actor/grad_norm", "actor/entropy"):
+        assert metrics[4][key] == pytest.approx(metrics[32][key], rel=1e-4, abs=1e-7), key
+    assert metrics[32]["actor/kl"] > 0

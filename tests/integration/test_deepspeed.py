@@ -4,8 +4,8 @@ One run per configuration, shared by the tests (each DeepSpeed start costs secon
 recipe with a KL term (the reference policy: a frozen copy per rank under ZeRO-2, a ZeRO-3 inference engine
 under ZeRO-3), a warm-up (the learning-rate schedule) and lr 1e-3 (step 2 samples from visibly updated
 weights). ``micro_batch_size`` 16 cuts the 32-row step batch into the same two micro-batches in the torch
-learner as into the two ranks' pieces, so that even the metrics that depend on the cut (``actor/pg_loss`` is
-each micro-batch's share of the loss) are comparable.
+learner as into the two ranks' pieces, so that per-micro-batch means (entropy, clip fractions) are averaged
+over the same pieces and float sums run in the same order.
 """
 
 from __future__ import annotations

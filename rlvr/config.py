@@ -73,13 +73,33 @@ class EarlyRejectionConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="Hugging Face generate (CPU / small GPU) or vLLM.")
+    engine: Literal["hf", "vllm"] = Field("hf", description="Hugging Face generate (CPU / small GPU) or vLLM 0.32 "
+                                          "(CUDA GPUs, the 'gpu' extra; docs/multi-gpu.md).")
     n: int = Field(8, ge=1, description="Samples per prompt (the GRPO group size G; TRL num_generations 8).")
     max_new_tokens: int = Field(16, ge=1, description="Response length limit in tokens.")
     temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (DAPO recipe 1.0).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables it.")
-    batch_size: int = Field(256, ge=1, description="Sequences per generate call (memory knob).")
+    batch_size: int = Field(256, ge=1, description="Sequences per generate call (memory knob of the Hugging Face "
+                            "engine; vLLM schedules its own batches and gets every request of a call at once).")
+    num_workers: int = Field(1, ge=1, description="Rollout engines in placement.mode split, each a Ray actor with a "
+                             "copy of the policy (vLLM: rollout.tensor_parallel_size GPUs each); a step's requests "
+                             "are shared out evenly (verl / OpenRLHF: vllm_num_engines). Colocated placement has one "
+                             "engine per learner rank with vLLM (rank 0's only with hf) and leaves this at 1.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only. GPUs per engine (tensor parallelism, on one "
+                                      "node); 1 in colocated placement, where each learner rank's GPU holds one "
+                                      "engine.")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM only. Fraction of each engine GPU's "
+                                          "whole memory the awake engine may take, weights and KV cache together "
+                                          "(verl's default 0.5 for colocated engines, which sleep while the learner "
+                                          "trains; split engines own their GPUs: 0.85-0.9).")
+    enforce_eager: bool = Field(False, description="vLLM only. No CUDA graphs: less memory and a faster start, "
+                                "slower decoding.")
+    max_model_len: int | None = Field(None, ge=1, description="vLLM only. Context limit in tokens (prompt + "
+                                      "response); default: the model's own. A smaller one lets vLLM start with less "
+                                      "KV-cache memory.")
+    enable_prefix_caching: bool = Field(True, description="vLLM only. Reuse the KV cache of a prompt across its n "
+                                        "samples (a group is n requests of one prompt).")
     early_rejection: EarlyRejectionConfig = Field(
         EarlyRejectionConfig(), description="Oversample, score partial responses with a PRM at tau tokens, "
         "finish only the best rollout.n per prompt (off unless early_rejection.scorer is set).")
@@ -155,14 +175,20 @@ class LearnerConfig(Section):
 
 
 class PlacementConfig(Section):
-    mode: Literal["colocated", "split"] = Field("colocated", description="colocated: the engine uses the "
-                                                "learner's module in one actor; split: separate actors and "
-                                                "weights through the Ray object store.")
+    mode: Literal["colocated", "split"] = Field("colocated", description="colocated: the rollout engines live in the "
+                                                "learner's actors (hf: samples with the learner's own module; vLLM: "
+                                                "one engine per learner rank on its GPU, asleep while it trains, "
+                                                "weights by CUDA IPC); split: engines in actors (and on GPUs) of "
+                                                "their own, weights by NCCL broadcast on GPUs or the Ray object "
+                                                "store on CPUs (docs/multi-gpu.md).")
     num_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPUs).")
     ray_address: str | None = Field(None, description="Ray cluster address ('auto'); default "
                                     "$RLVR_RAY_ADDRESS, else a private local instance.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the private local Ray instance.")
     object_store_mb: int = Field(1024, ge=64, description="Object store size of the private local Ray instance.")
+    sync_bucket_mb: float = Field(512, gt=0.0, description="GPU weight sync (NCCL broadcast, CUDA IPC): bucket size "
+                                  "in MiB, vLLM's packed_buffer_size_bytes; about twice this is held beyond the model "
+                                  "on each side while weights move.")
 
 
 class TrainerConfig(Section):
@@ -241,8 +267,7 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
         self._check_learner()
-        if self.rollout.engine == "vllm":
-            raise ValueError("rollout.engine 'vllm' is not available yet in this version; use 'hf'")
+        self._check_rollout()
         early = self.rollout.early_rejection
         if early.scorer is not None:
             from rlvr.rollout.prm import check_spec
@@ -285,6 +310,29 @@ class Recipe(Section):
             raise ValueError(f"learner.backend 'deepspeed' cannot train algorithm {self.algorithm.name!r}: its loss "
                              "reads the LM-head weight and hidden states, which ZeRO partitions across ranks; use "
                              "learner.backend torch")
+
+    def _check_rollout(self) -> None:
+        """Engine counts and sizes that fit the placement. Whether vLLM and GPUs are there is checked when a run
+        starts (rlvr.workers.placement.check_environment, then the GPU count against the Ray cluster), so that
+        recipes for GPU clusters still load and validate on any machine."""
+        rollout, split = self.rollout, self.placement.mode == "split"
+        if rollout.num_workers > 1 and not split:
+            raise ValueError(f"rollout.num_workers: {rollout.num_workers} applies to placement.mode split; colocated "
+                             "engines live in the learner's actors (vLLM: one per learner rank, so learner.num_ranks "
+                             "sets their number); set placement.mode=split or leave rollout.num_workers at 1")
+        if rollout.engine == "hf":
+            if rollout.tensor_parallel_size != 1:
+                raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} applies to "
+                                 "rollout.engine 'vllm' only; the Hugging Face engine runs on one device")
+            return
+        if self.learner.backend != "deepspeed":
+            raise ValueError("rollout.engine 'vllm' trains with learner.backend deepspeed: the torch learner is one "
+                             "CPU process and cannot feed GPU engines; set learner.backend=deepspeed "
+                             "(learner.num_ranks 1 is a single GPU)")
+        if not split and rollout.tensor_parallel_size != 1:
+            raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} needs placement.mode "
+                             "split; colocated vLLM engines are one per learner rank, on that rank's GPU "
+                             "(tensor_parallel_size 1), see docs/multi-gpu.md")
 
 
 def _format_error(error: ValidationError) -> str:

@@ -28,7 +28,7 @@ from rlvr.rewards.registry import resolve
 from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection, step_metrics
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.prm import load_scorer
-from rlvr.workers.placement import Workers, start_ray
+from rlvr.workers.placement import Workers, check_environment, start_ray
 
 log = logging.getLogger("rlvr")
 
@@ -61,6 +61,7 @@ class Trainer:
     # -- setup and teardown ------------------------------------------------------------------------
     def __enter__(self) -> Trainer:
         recipe, cfg = self.recipe, self.recipe.trainer
+        check_environment(recipe)  # a vLLM run on a machine without vLLM or GPUs stops here, before any work
         existing = checkpoint.latest(self.run_dir) if self.training else None
         if self.training:
             self.metrics = MetricsLog(self.run_dir)

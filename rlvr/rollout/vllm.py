@@ -291,6 +291,11 @@ class WorkerExtension:
         """The UUID of the worker's GPU (what IPC handles are keyed by; ipc_engine.py: receive_weights)."""
         return str(torch.cuda.get_device_properties(self.device).uuid)
 
+    def rlvr_memory_in_use(self) -> int:
+        """Bytes in use on the worker's GPU, by every process on it (vLLM allocates outside torch's counters)."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free
+
     def rlvr_finish_weight_update(self) -> list[str]:
         """Finalises the reload; returns the model parameters (vLLM names) that no chunk carried."""
         from vllm.config import set_current_vllm_config
@@ -447,6 +452,16 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up(tags=sorted(self.asleep))
             self.asleep = set()
+
+    def memory_in_use(self) -> int:
+        """The most memory in use on any of the engine's GPUs, in bytes (every process on them, so a colocated
+        learner's too): ``torch.cuda.mem_get_info`` in each worker."""
+        return max(self._rpc("rlvr_memory_in_use"))
+
+    def shutdown(self) -> None:
+        """Stops the engine-core process and its workers now, rather than when this object is collected, so that
+        the GPU memory is free for whatever starts next (``LLM`` has no shutdown of its own in 0.32)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def _rpc(self, method: str, *args: Any) -> list[Any]:
         """Calls a :class:`WorkerExtension` method on every worker; one result per worker."""

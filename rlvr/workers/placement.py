@@ -3,13 +3,20 @@ is one torch actor or a DeepSpeed group of ``learner.num_ranks`` rank actors.
 
 Locally the driver starts a private Ray instance; on a cluster set ``placement.ray_address: auto`` (or
 ``RLVR_RAY_ADDRESS=auto``) after ``ray start`` on each node, and the same recipe runs there.
+
+On GPUs (:mod:`rlvr.workers.plan`) the actors go into Ray placement groups: one for the learner ranks, one per
+split vLLM engine, reserved before any actor starts (:func:`reserve`), and weights move GPU to GPU after each
+update (:mod:`rlvr.workers.sync`: CUDA IPC when colocated, NCCL broadcast from learner rank 0 when split). On
+CPUs the actors are placed as they always were, and weights go through the object store.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 import torch
@@ -18,6 +25,68 @@ from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.actors import LearnerActor, LearnerRankActor, RolloutActor
+from rlvr.workers.plan import GroupPlan, PlacementError, PlacementPlan, plan_placement
+from rlvr.workers.sync import BACKENDS
+
+PLACEMENT_TIMEOUT_S = 300  # waiting for Ray to reserve a placement group's GPUs before saying why it cannot
+
+
+def check_environment(recipe: Recipe) -> None:
+    """What the recipe's engine needs on this machine, checked before any work starts (data, model, Ray): a vLLM
+    run needs the vllm package and, on a private Ray instance, this machine's CUDA GPUs. On a cluster
+    (``placement.ray_address``) the cluster's GPUs are counted when the actors are placed (:func:`plan_placement`),
+    since the driver's own node may have none."""
+    if recipe.rollout.engine != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise PlacementError("rollout.engine 'vllm' needs the vllm package, which is not installed here: "
+                             "pip install -e '.[gpu]' on a Linux machine with NVIDIA GPUs (every node of a cluster "
+                             "needs the same installation), or use rollout.engine hf")
+    if not (recipe.placement.ray_address or os.environ.get("RLVR_RAY_ADDRESS")) and not torch.cuda.is_available():
+        raise PlacementError("rollout.engine 'vllm' runs on CUDA GPUs and torch sees none on this machine (a private "
+                             "Ray instance has only this machine's devices); use rollout.engine hf on a CPU, or "
+                             "placement.ray_address=auto on a GPU cluster (docs/multi-gpu.md)")
+
+
+def node_gpus() -> list[float]:
+    """The GPUs of each alive node of the Ray cluster."""
+    return [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]]
+
+
+def reserve(plan: PlacementPlan, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[Any]:
+    """One Ray placement group per group of ``plan``, each ready (its GPUs held for this run) before it returns."""
+    from ray.util.placement_group import placement_group
+
+    groups = [placement_group([dict(b) for b in group.bundles], strategy=group.strategy) for group in plan.groups]
+    for group, spec in zip(groups, plan.groups):
+        ready, _ = ray.wait([group.ready()], timeout=timeout_s)
+        if not ready:
+            _remove(groups)
+            raise PlacementError(_unplaced(spec, timeout_s))
+    return groups
+
+
+def _remove(groups: list[Any]) -> None:
+    """Gives the placement groups' resources back; Ray ends the actors that still run in them."""
+    from ray.util.placement_group import remove_placement_group
+
+    for group in groups:
+        remove_placement_group(group)
+
+
+def _unplaced(group: GroupPlan, timeout_s: float) -> str:
+    free = ray.available_resources().get("GPU", 0)
+    where = "one node" if group.strategy == "STRICT_PACK" else "the cluster"
+    return (f"Ray could not reserve the {group.name}'s {group.num_gpus} GPU(s) on {where} within {timeout_s:.0f} s "
+            f"({free:g} GPUs free now); another job may hold them (`ray status`), or no node has enough free GPUs")
+
+
+def _bundle(group: Any, index: int, capture: bool = False) -> dict[str, Any]:
+    """Actor options that put it on ``group``'s bundle ``index`` (``capture``: its children go into the group)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        placement_group=group, placement_group_bundle_index=index, placement_group_capture_child_tasks=capture)}
 
 
 def start_ray(recipe: Recipe) -> None:
@@ -49,6 +118,8 @@ class Workers:
     colocated: bool
     refresh_engine: bool = False  # colocated ZeRO-3: rank 0 samples with a copy, refreshed after updates
     last_sync_bytes: int = field(default=0)
+    road: str = "none"  # the weight sync's (rlvr.workers.sync.sync_kind); "ipc" and "nccl" run in the ranks
+    placement_groups: list[Any] = field(default_factory=list)
 
     @property
     def learner(self) -> ray.actor.ActorHandle:
@@ -57,41 +128,67 @@ class Workers:
 
     @classmethod
     def create(cls, recipe: Recipe, model_dir: str) -> Workers:
+        """The run's actors, placed by :func:`rlvr.workers.plan.plan_placement` on the cluster's GPUs (raising
+        :class:`PlacementError` before any actor starts when the run does not fit)."""
+        plan = plan_placement(recipe, node_gpus())
         if recipe.learner.backend == "deepspeed":
-            return cls._create_group(recipe, model_dir)
+            return cls._create_group(recipe, model_dir, plan)
         data = recipe.model_dump(mode="json")
         cpus = int(ray.available_resources().get("CPU", 1))
         threads = recipe.placement.num_threads
         if recipe.placement.mode == "colocated":
             learner = LearnerActor.options(num_cpus=min(cpus, 1)).remote(data, model_dir, threads or max(1, cpus), True)
             return cls([learner], [learner], colocated=True)
-        share = max(1, cpus // 2)
+        share = max(1, cpus // (1 + plan.num_engines))
         learner = LearnerActor.options(num_cpus=min(1, cpus)).remote(data, model_dir, threads or share, False)
-        rollout = RolloutActor.options(num_cpus=0).remote(data, model_dir, threads or share)
-        return cls([learner], [rollout], colocated=False)
+        rollouts = [RolloutActor.options(num_cpus=0).remote(data, model_dir, threads or share)
+                    for _ in range(plan.num_engines)]
+        return cls([learner], rollouts, colocated=False, road=plan.road)
 
     @classmethod
-    def _create_group(cls, recipe: Recipe, model_dir: str) -> Workers:
-        """M DeepSpeed rank actors (one device each where the cluster has GPUs), joined into one process
-        group at rank 0's address; in split placement also a rollout actor."""
+    def _create_group(cls, recipe: Recipe, model_dir: str, plan: PlacementPlan) -> Workers:
+        """The placement groups of ``plan`` (on GPUs), then the actors in them (:meth:`_start_group`); if
+        starting fails, the groups go again, and with them every actor in them and their GPUs."""
+        cpus = ray.available_resources().get("CPU", 1.0)  # counted before the groups reserve some
+        groups = reserve(plan) if plan.gpu else []
+        try:
+            return cls._start_group(recipe, model_dir, plan, groups, cpus)
+        except BaseException:
+            _remove(groups)
+            raise
+
+    @classmethod
+    def _start_group(cls, recipe: Recipe, model_dir: str, plan: PlacementPlan, groups: list[Any],
+                     cpus: float) -> Workers:
+        """M DeepSpeed rank actors (one GPU each where the plan has GPUs, rank r on bundle r of the learner's
+        group), joined into one process group at rank 0's address; in split placement also the rollout actors;
+        then the GPU weight sync, when the road is one."""
         data, ranks = recipe.model_dump(mode="json"), recipe.learner.num_ranks
-        colocated = recipe.placement.mode == "colocated"
-        cpus = ray.available_resources().get("CPU", 1.0)
-        # Fractional CPUs: M ranks fit a small machine (2 CPUs in CI) beside the rollout actor (0 CPUs).
-        num_cpus = min(1.0, cpus / ranks)
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= ranks else 0
-        threads = recipe.placement.num_threads or max(1, int(cpus) // (ranks + (0 if colocated else 1)))
+        colocated, vllm = recipe.placement.mode == "colocated", recipe.rollout.engine == "vllm"
+        threads = recipe.placement.num_threads or max(1, int(cpus) // (ranks + (0 if colocated else plan.num_engines)))
+        if plan.gpu:
+            options = [{"num_cpus": 1, "num_gpus": 1, **_bundle(groups[0], rank)} for rank in range(ranks)]
+        else:  # fractional CPUs: M ranks fit a small machine (2 CPUs in CI) beside the rollout actor (0 CPUs)
+            options = [{"num_cpus": min(1.0, cpus / ranks), "num_gpus": 0}] * ranks
         learners = [
-            LearnerRankActor.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
-                data, model_dir, threads, rank, ranks, colocated and rank == 0)
+            LearnerRankActor.options(**options[rank]).remote(
+                data, model_dir, threads, rank, ranks, colocated and (vllm or rank == 0), plan.road)
             for rank in range(ranks)
         ]
         master_addr, master_port = ray.get(learners[0].address.remote())
         _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
         if colocated:
-            return cls(learners, learners[:1], colocated=True, refresh_engine=recipe.learner.zero_stage == 3)
-        rollout = RolloutActor.options(num_cpus=0).remote(data, model_dir, threads)
-        return cls(learners, [rollout], colocated=False)
+            rollouts = learners if vllm else learners[:1]
+        else:
+            rollouts = [RolloutActor.options(**_rollout_options(plan, groups, k)).remote(
+                data, model_dir, threads, plan.road, k) for k in range(plan.num_engines)]
+        workers = cls(learners, rollouts, colocated=colocated, road=plan.road, placement_groups=groups,
+                      refresh_engine=colocated and not vllm and recipe.learner.zero_stage == 3)
+        if plan.road in BACKENDS:
+            engines = [] if colocated else rollouts
+            _get_all([learner.setup_weight_sync.remote(engines, recipe.placement.sync_bucket_mb)
+                      for learner in learners])
+        return workers
 
     # -- the learner group -------------------------------------------------------------------------
     def _on_learners(self, method: str, *args: object) -> object:
@@ -134,9 +231,14 @@ class Workers:
         return [c for part in ray.get(futures) for c in part]
 
     def sync_weights(self) -> float:
-        """Learner -> rollout workers; seconds taken. Split placement: rank 0's gathered weights through the
-        object store (numpy, zero-copy). Colocated: nothing, except a ZeRO-3 group's engine copy, refreshed
+        """Learner -> rollout workers; seconds taken. On GPUs with vLLM engines, GPU to GPU from the learner ranks
+        (CUDA IPC colocated, NCCL broadcast split). Otherwise, split placement: rank 0's gathered weights through
+        the object store (numpy, zero-copy); colocated: nothing, except a ZeRO-3 group's engine copy, refreshed
         in rank 0's process."""
+        if self.road in BACKENDS:
+            started = time.perf_counter()
+            self.last_sync_bytes = self._on_learners("sync_weights")
+            return time.perf_counter() - started
         if self.colocated and not self.refresh_engine:
             return 0.0
         started = time.perf_counter()
@@ -149,8 +251,26 @@ class Workers:
         return time.perf_counter() - started
 
     def shutdown(self) -> None:
-        for actor in {id(a): a for a in [*self.learners, *self.rollouts]}.values():
+        """Ends the actors (vLLM engines first stop their own processes, for a while at most) and frees the GPUs
+        their placement groups held."""
+        actors = list({id(a): a for a in [*self.learners, *self.rollouts]}.values())
+        if self.road in BACKENDS:
+            ray.wait([actor.close.remote() for actor in self.rollouts], num_returns=len(self.rollouts), timeout=60)
+        for actor in actors:
             ray.kill(actor)
+        _remove(self.placement_groups)
+
+
+def _rollout_options(plan: PlacementPlan, groups: list[Any], index: int) -> dict[str, Any]:
+    """Options of split rollout actor ``index``: the Hugging Face engine on CPUs (no resources, as always); a vLLM
+    engine on bundle 0 of its own group, holding that GPU itself (tensor parallel size 1) or none, its tensor-parallel
+    workers taking the group's GPUs (vLLM's Ray executor, started from inside the actor)."""
+    if plan.engine != "vllm":
+        return {"num_cpus": 0}
+    group = groups[plan.engine_group(index)]
+    if plan.tensor_parallel_size == 1:
+        return {"num_cpus": 1, "num_gpus": 1, **_bundle(group, 0)}
+    return {"num_cpus": 1, "num_gpus": 0, **_bundle(group, 0, capture=True)}
 
 
 def _get_all(refs: list[ray.ObjectRef]) -> list:

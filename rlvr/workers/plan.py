@@ -1,0 +1,136 @@
+"""The placement plan: which GPUs each role of a run gets, as Ray placement-group bundles, and which bundle each
+actor sits on. A pure function of the recipe and the cluster's GPUs per node (:func:`plan_placement`), so that
+every rule here is tested on a CPU and a run that cannot fit fails before any actor starts.
+
+The rules (docs/multi-gpu.md):
+
+- A run uses GPUs when its engine is vLLM, or when its learner is a DeepSpeed group and the cluster has a GPU
+  per rank (a group with fewer GPUs than ranks runs on CPUs over gloo, as in CI). The torch learner and the
+  Hugging Face engine's own copy (split placement) stay on CPUs; without GPUs there is no plan to make and the
+  actors are placed as they always were.
+- Learner ranks: one placement group of ``learner.num_ranks`` bundles ``{"GPU": 1, "CPU": 1}``, strategy PACK
+  (as few nodes as possible; it still spans nodes when one is not enough). Rank r sits on bundle r.
+- Colocated: nothing more. Each learner rank's actor also holds its engine (vLLM: one per rank, tensor
+  parallel size 1, on the rank's own GPU; Hugging Face: rank 0's only).
+- Split vLLM engines: one placement group per engine of ``rollout.tensor_parallel_size`` bundles, strategy
+  STRICT_PACK (an engine's tensor-parallel workers talk at every layer: one node). The engine's actor sits on
+  bundle 0; with tensor parallelism vLLM's Ray executor puts one worker on each bundle of the group it runs in
+  (vLLM 0.32: ``distributed_executor_backend="ray"``, ``ray_executor_v2.py``), so the actor itself takes no GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rlvr.config import Recipe
+from rlvr.workers.sync import sync_kind
+
+GPU_BUNDLE = {"GPU": 1.0, "CPU": 1.0}  # a learner rank, or one GPU of an engine
+
+
+class PlacementError(ValueError):
+    """The run does not fit this machine or cluster; the message says what it needs, what there is, and what to do."""
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One Ray placement group: a name for messages, its bundles and its strategy."""
+
+    name: str
+    bundles: tuple[dict[str, float], ...]
+    strategy: str
+
+    @property
+    def num_gpus(self) -> int:
+        return int(sum(bundle.get("GPU", 0) for bundle in self.bundles))
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """What :func:`plan_placement` decided. ``groups[0]`` is the learner's group (when ``gpu``), then one group per
+    split vLLM engine. ``road`` is the weight sync's (:func:`rlvr.workers.sync.sync_kind`)."""
+
+    gpu: bool
+    colocated: bool
+    engine: str
+    learner_ranks: int
+    num_engines: int
+    tensor_parallel_size: int
+    groups: tuple[GroupPlan, ...] = ()
+
+    @property
+    def road(self) -> str:
+        return sync_kind(self.engine, self.colocated, self.gpu)
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(group.num_gpus for group in self.groups)
+
+    @property
+    def num_bundles(self) -> int:
+        return sum(len(group.bundles) for group in self.groups)
+
+    def engine_group(self, index: int) -> int:
+        """The group of split engine ``index`` (its actor on bundle 0, its tensor-parallel workers on all)."""
+        if self.colocated or not self.gpu:
+            raise ValueError("only split vLLM engines have placement groups of their own")
+        return 1 + index
+
+    def assignment(self) -> dict[str, tuple[str, int]]:
+        """Actor -> (group name, bundle index), for messages and tests. Colocated engines sit in their rank's actor."""
+        if not self.gpu:
+            return {}
+        learner = self.groups[0].name
+        out = {f"learner rank {rank}": (learner, rank) for rank in range(self.learner_ranks)}
+        for index in range(self.num_engines):
+            out[f"rollout engine {index}"] = ((learner, index) if self.colocated
+                                              else (self.groups[self.engine_group(index)].name, 0))
+        return out
+
+
+def uses_gpus(recipe: Recipe, cluster_gpus: float) -> bool:
+    """Whether the run's actors go on GPUs (the module docstring's first rule)."""
+    if recipe.rollout.engine == "vllm":
+        return True
+    return recipe.learner.backend == "deepspeed" and cluster_gpus >= recipe.learner.num_ranks
+
+
+def plan_placement(recipe: Recipe, node_gpus: Sequence[float]) -> PlacementPlan:
+    """The plan for ``recipe`` on a cluster whose alive nodes have ``node_gpus`` GPUs each; raises
+    :class:`PlacementError` naming the numbers when the run does not fit."""
+    rollout, learner = recipe.rollout, recipe.learner
+    colocated = recipe.placement.mode == "colocated"
+    ranks = learner.num_ranks if learner.backend == "deepspeed" else 1
+    vllm = rollout.engine == "vllm"
+    engines = (ranks if vllm else 1) if colocated else rollout.num_workers
+    tp = rollout.tensor_parallel_size
+    gpu = uses_gpus(recipe, sum(node_gpus))
+    plan = PlacementPlan(gpu, colocated, rollout.engine, ranks, engines, tp)
+    if not gpu:
+        return plan
+    groups = [GroupPlan("learner", (dict(GPU_BUNDLE),) * ranks, "PACK")]
+    if vllm and not colocated:
+        groups += [GroupPlan(f"rollout engine {k}", (dict(GPU_BUNDLE),) * tp, "STRICT_PACK") for k in range(engines)]
+    plan = PlacementPlan(gpu, colocated, rollout.engine, ranks, engines, tp, tuple(groups))
+    _check_fits(plan, node_gpus)
+    return plan
+
+
+def _check_fits(plan: PlacementPlan, node_gpus: Sequence[float]) -> None:
+    have, nodes = int(sum(node_gpus)), ", ".join(str(int(n)) for n in node_gpus) or "none"
+    if have == 0:
+        raise PlacementError(f"rollout.engine '{plan.engine}' runs on CUDA GPUs and the Ray cluster has none "
+                             f"(nodes: {len(node_gpus)}); start Ray on GPU nodes (`ray start` on each, "
+                             "scripts/start_cluster.sh) or use rollout.engine hf on CPUs")
+    roles = f"learner: {plan.learner_ranks} rank(s) x 1 GPU"
+    if not plan.colocated and plan.engine == "vllm":
+        roles += f"; rollout: {plan.num_engines} engine(s) x tensor_parallel_size {plan.tensor_parallel_size}"
+    if plan.num_gpus > have:
+        raise PlacementError(f"placement needs {plan.num_gpus} GPUs ({roles}) but the Ray cluster has {have} "
+                             f"(GPUs per node: {nodes}); lower learner.num_ranks, rollout.num_workers or "
+                             "rollout.tensor_parallel_size, or add nodes (`ray start` on each)")
+    if not plan.colocated and plan.tensor_parallel_size > max(node_gpus):
+        raise PlacementError(f"rollout.tensor_parallel_size {plan.tensor_parallel_size} is more than the "
+                             f"{int(max(node_gpus))} GPUs of the largest node (GPUs per node: {nodes}); an engine's "
+                             "tensor-parallel workers sit on one node")

@@ -333,6 +333,15 @@ class Recipe(Section):
             raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} needs placement.mode "
                              "split; colocated vLLM engines are one per learner rank, on that rank's GPU "
                              "(tensor_parallel_size 1), see docs/multi-gpu.md")
+        truncated = rollout.top_p < 1.0 or rollout.top_k > 0
+        engine_logprobs = not self.learner.recompute_old_logprobs or self.algorithm.options().get("tis_cap")
+        if truncated and engine_logprobs:
+            why = ("algorithm.tis_cap" if self.algorithm.options().get("tis_cap")
+                   else "learner.recompute_old_logprobs false")
+            raise ValueError(f"rollout.top_p {rollout.top_p} / rollout.top_k {rollout.top_k} with {why}: the loss "
+                             "would use vLLM's log-probs, and vLLM 0.32 returns those of the top-p/top-k truncated "
+                             "distribution, not the tempered full one (docs/engines.md); sample with top_p 1 and "
+                             "top_k 0, or let the learner recompute the log-probs without tis_cap")
 
 
 def _format_error(error: ValidationError) -> str:

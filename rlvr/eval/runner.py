@@ -19,18 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from rlvr.data.prompts import Prompt, check_template, render
 from rlvr.eval.metrics import maj_at_k, pass_at_k
 from rlvr.rewards.grading import extract_answer, normalize
+from rlvr.rewards.grading.numbers import number_value
 from rlvr.rewards.pool import RewardPool, RewardRequest
 from rlvr.rollout.engine import Completion, SamplingParams
 
@@ -200,17 +199,8 @@ def answer_key(extracted: str | None) -> str | None:
     if not extracted:
         return None
     key = normalize(extracted)
-    match = re.fullmatch(r"([+-]?\d+(?:\.\d+)?)(?:/(\d+))?|([+-]?)\\frac\{(\d+)\}\{(\d+)\}", key)
-    if match and len(key) <= 64:
-        try:
-            if match.group(1) is not None:
-                value = Fraction(match.group(1)) / Fraction(match.group(2) or 1)
-            else:
-                value = Fraction(int(match.group(4)), int(match.group(5))) * (-1 if match.group(3) == "-" else 1)
-            return str(value)
-        except ZeroDivisionError:
-            return key
-    return key or None
+    value = number_value(key)
+    return str(value) if value is not None else key or None
 
 
 def _problem_metrics(samples: list[Sample], ks: list[int]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ import torch
 from rlvr.models.loading import resolve_model_path
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.sync import BACKENDS, specs_from_wire, total_bytes
-from rlvr.workers.weights import BF16_SUFFIX
+from rlvr.workers.weights import array_tensors
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +195,6 @@ def completion_from_output(output, with_logprobs: bool) -> Completion:
 
 
 # ---- weights: numpy arrays -> torch -> chunks over collective_rpc -> the worker ----
-
-
-def tensors_from_arrays(named_arrays: dict[str, np.ndarray]) -> list[tuple[str, torch.Tensor]]:
-    """``(name, CPU tensor)`` pairs sharing the memory of :func:`rlvr.workers.weights.named_arrays`' arrays,
-    bf16 ones (int16 bits under a ``::bf16``-tagged name) viewed back as bf16 under their plain name."""
-    out = []
-    for key, array in named_arrays.items():
-        with warnings.catch_warnings():  # object-store arrays are read-only; they are only read
-            warnings.simplefilter("ignore", UserWarning)
-            tensor = torch.from_numpy(np.asarray(array))
-        if key.endswith(BF16_SUFFIX):
-            tensor = tensor.view(torch.bfloat16)
-        out.append((key.removesuffix(BF16_SUFFIX), tensor))
-    return out
 
 
 def weight_chunks(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[WireTensor]]:
@@ -375,7 +361,7 @@ class VLLMEngine:
         self._wake_weights()
         self._rpc("rlvr_start_weight_update")
         try:
-            for chunk in weight_chunks(tensors_from_arrays(named_arrays), self.weight_chunk_bytes):
+            for chunk in weight_chunks(array_tensors(named_arrays).items(), self.weight_chunk_bytes):
                 self._rpc("rlvr_update_weights", chunk)
         finally:
             missing = sorted({name for names in self._rpc("rlvr_finish_weight_update") for name in names})

@@ -200,12 +200,9 @@ class LearnerRankActor(_Learning):
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free TCP port on it: the process group's rendezvous (rank 0)."""
-        import socket
+        from rlvr.workers.sync import free_port
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        return ray.util.get_node_ip_address(), free_port("")
 
     def setup(self, master_addr: str, master_port: int) -> None:
         from rlvr import algos

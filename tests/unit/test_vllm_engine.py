@@ -18,12 +18,11 @@ from rlvr.rollout.vllm import (
     request_seed,
     sampled_logprobs,
     sampling_kwargs,
-    tensors_from_arrays,
     tensors_from_chunk,
     vllm_top_k,
     weight_chunks,
 )
-from rlvr.workers.weights import named_arrays
+from rlvr.workers.weights import array_tensors, named_arrays
 
 # ---- stand-ins with the fields of vLLM 0.32's output classes (outputs.py, logprobs.py) ----
 
@@ -176,9 +175,9 @@ def _module() -> torch.nn.Module:
     return module
 
 
-def test_tensors_from_arrays_restores_bf16_under_plain_names():
+def test_array_tensors_restore_bf16_under_plain_names():
     module = _module()
-    tensors = dict(tensors_from_arrays(named_arrays(module)))
+    tensors = array_tensors(named_arrays(module))
     state = module.state_dict()
     assert tensors.keys() == state.keys()
     for name, tensor in state.items():

@@ -26,6 +26,13 @@ def compare_numbers(answer: str, gold: str) -> bool | None:
     return None
 
 
+def number_value(squeezed: str) -> Fraction | None:
+    """The exact value of a squeezed answer that is a plain number (``0.5``, ``1/2``, ``\\frac{1}{2}``, ``1.5e3``,
+    ``50\\%`` as 50), else None."""
+    number = _as_number(squeezed)
+    return None if number is None else number.value
+
+
 @dataclass(frozen=True)
 class _Number:
     """A plain number: its exact value, whether it was written with a decimal point, whether with ``\\%``."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from rlvr.rewards.grading import bounded, extract_answer, grade, is_equivalent, normalize
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -310,3 +313,13 @@ def test_a_forked_child_starts_its_own_helper() -> None:
     child.join(timeout=30)
     assert verdict is True
     assert child.exitcode == 0
+
+
+def test_importing_the_grader_imports_neither_torch_nor_sympy() -> None:
+    """Reward processes and the grader's helper process import only this: no torch (through the recipe
+    schema) and no sympy until a symbolic comparison needs it."""
+    code = ("import sys, rlvr.rewards.grading, reward_fns.math_answer as m; "
+            "assert m.reward('so \\\\boxed{025}', '25')['score'] == 1.0; "
+            "assert 'torch' not in sys.modules and 'sympy' not in sys.modules, "
+            "[k for k in ('torch', 'sympy') if k in sys.modules]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=REPO)

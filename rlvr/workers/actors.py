@@ -49,7 +49,7 @@ def vllm_options(recipe: Recipe, weight_transfer: str | None, colocated: bool, i
         "gpu_memory_utilization": rollout.gpu_memory_utilization, "max_model_len": rollout.max_model_len,
         "seed": recipe.trainer.seed + index, "enable_sleep_mode": colocated, "enforce_eager": rollout.enforce_eager,
         "enable_prefix_caching": rollout.enable_prefix_caching, "weight_transfer": weight_transfer,
-        "trust_remote_code": recipe.model.trust_remote_code,
+        "kv_cache_gb": rollout.kv_cache_gb, "trust_remote_code": recipe.model.trust_remote_code,
         "distributed_executor_backend": "uni" if tp == 1 else "ray",
     }
 
@@ -148,6 +148,16 @@ class _Learning(_Sampler):
     def weights(self) -> dict[str, np.ndarray]:
         return self.learner.weights()
 
+    def refresh_engine(self) -> int:
+        """Loads the learner's weights into this actor's own engine copy; the bytes copied. Colocated engines that
+        keep a copy: vLLM's CPU build (road "in_actor"), and the Hugging Face engine of a ZeRO-3 group, whose
+        gather every rank joins (the others hold no engine and only take part)."""
+        arrays = self.learner.weights()
+        if self.engine is None:
+            return 0
+        self.engine.load_weights(arrays)
+        return sum(a.nbytes for a in arrays.values())
+
     def learner_digest(self) -> str:
         return self.learner.digest()
 
@@ -160,7 +170,8 @@ class _Learning(_Sampler):
 
 @ray.remote
 class LearnerActor(_Learning):
-    """The torch learner; in colocated placement its engine samples with the learner's own module."""
+    """The torch learner; in colocated placement its engine samples with the learner's own module (Hugging Face),
+    or holds a copy in its own processes (vLLM's CPU build), loaded after each update (:meth:`refresh_engine`)."""
 
     def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, with_engine: bool):
         from rlvr import algos
@@ -172,7 +183,9 @@ class LearnerActor(_Learning):
         algorithm = algos.from_recipe(recipe)
         self.learner = TorchLearner(recipe, model_dir, algorithm)
         self.engine = None
-        if with_engine:
+        if with_engine and recipe.rollout.engine == "vllm":  # vLLM's CPU build: its own copy, fed by refresh_engine
+            self.engine = build_vllm_engine(recipe, model_dir, None, colocated=True, index=0)
+        elif with_engine:
             self.engine = HFEngine(self.learner.model, load_tokenizer(model_dir), recipe.rollout.batch_size)
 
 
@@ -255,14 +268,6 @@ class LearnerRankActor(_Learning):
             return self.sync.send(tensors, specs)
         finally:
             torch.cuda.empty_cache()
-
-    def refresh_engine(self) -> int:
-        """Colocated ZeRO-3: gather the weights (every rank) into rank 0's engine copy; bytes copied."""
-        arrays = self.learner.weights()
-        if self.engine is None:
-            return 0
-        self.engine.load_weights(arrays)
-        return sum(a.nbytes for a in arrays.values())
 
 
 @ray.remote

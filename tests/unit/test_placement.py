@@ -42,7 +42,6 @@ def test_rollout_and_placement_defaults():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["rollout.engine=vllm"], "rollout.engine 'vllm' trains with learner.backend deepspeed"),
     ([*VLLM, "rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size: 2 needs placement.mode split"),
     (["rollout.num_workers=2"], "rollout.num_workers: 2 applies to placement.mode split"),
     (["rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size: 2 applies to rollout.engine 'vllm' only"),
@@ -96,6 +95,24 @@ def test_two_nodes_hold_a_sixteen_rank_group():
     assert plan.num_gpus == 16 and len(plan.groups) == 1 and plan.groups[0].strategy == "PACK"
 
 
+def test_gpu_vllm_needs_the_deepspeed_learner():
+    with pytest.raises(PlacementError, match="'vllm' on GPUs trains with learner.backend deepspeed"):
+        plan_placement(build_recipe({}, ["rollout.engine=vllm"]), [8])
+
+
+@pytest.mark.parametrize("overrides, road, engines", [
+    ([], "in_actor", 1),  # the torch learner's actor holds the engine and feeds it after each update
+    (["placement.mode=split", "rollout.num_workers=2"], "object_store", 2),
+    (["learner.backend=deepspeed", "learner.num_ranks=2"], "in_actor", 1),  # rank 0's engine only
+])
+def test_vllm_cpu_build_is_placed_like_the_hf_engine_on_cpus(overrides, road, engines):
+    plan = plan_placement(build_recipe({}, ["rollout.engine=vllm", *overrides]), [0], vllm_on_cpu=True)
+    assert (plan.gpu, plan.road, plan.num_engines, plan.groups) == (False, road, engines, ())
+    with pytest.raises(PlacementError, match="CPU build runs one engine per actor"):
+        plan_placement(build_recipe({}, ["rollout.engine=vllm", "placement.mode=split",
+                                         "rollout.tensor_parallel_size=2"]), [0], vllm_on_cpu=True)
+
+
 @pytest.mark.parametrize("overrides, nodes, expected", [
     (["learner.num_ranks=4", "placement.mode=split", "rollout.num_workers=2", "rollout.tensor_parallel_size=2"],
      [4], "placement needs 8 GPUs (learner: 4 rank(s) x 1 GPU; rollout: 2 engine(s) x tensor_parallel_size 2) but "
@@ -140,7 +157,8 @@ def test_vllm_options_follow_the_recipe_and_placement():
     assert options == {
         "dtype": "bfloat16", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.4, "max_model_len": 2048,
         "seed": 4, "enable_sleep_mode": True, "enforce_eager": False, "enable_prefix_caching": True,
-        "weight_transfer": "ipc", "trust_remote_code": False, "distributed_executor_backend": "uni"}
+        "weight_transfer": "ipc", "kv_cache_gb": None, "trust_remote_code": False,
+        "distributed_executor_backend": "uni"}
     split = vllm_options(vllm_recipe("placement.mode=split", "rollout.tensor_parallel_size=4"), "nccl", colocated=False)
     assert split["distributed_executor_backend"] == "ray" and split["tensor_parallel_size"] == 4
     assert not split["enable_sleep_mode"] and split["weight_transfer"] == "nccl"
@@ -175,9 +193,14 @@ def test_rollout_actor_forwards_what_a_weight_sync_calls():
 # ---- before any work ----
 
 
+def with_vllm_build(monkeypatch, build):
+    import rlvr.rollout.vllm
+
+    monkeypatch.setattr(rlvr.rollout.vllm, "installed_build", lambda: build)
+
+
 def without_vllm(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with_vllm_build(monkeypatch, None)
 
 
 def test_a_vllm_run_needs_the_package(monkeypatch):
@@ -188,13 +211,16 @@ def test_a_vllm_run_needs_the_package(monkeypatch):
 
 
 def test_a_vllm_run_needs_cuda_here_unless_the_cluster_is_elsewhere(monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if vLLM were installed
+    with_vllm_build(monkeypatch, "cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("RLVR_RAY_ADDRESS", raising=False)
-    with pytest.raises(PlacementError, match="runs on CUDA GPUs and torch sees none on this machine"):
+    with pytest.raises(PlacementError, match="runs on CUDA GPUs with this vLLM build and torch sees none"):
         placement.check_environment(vllm_recipe())
     placement.check_environment(vllm_recipe("placement.ray_address=auto"))  # counted on the cluster instead
     monkeypatch.setenv("RLVR_RAY_ADDRESS", "auto")
+    placement.check_environment(vllm_recipe())
+    monkeypatch.delenv("RLVR_RAY_ADDRESS")
+    with_vllm_build(monkeypatch, "cpu")  # vLLM's CPU build needs no GPU
     placement.check_environment(vllm_recipe())
 
 

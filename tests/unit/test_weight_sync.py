@@ -75,14 +75,13 @@ def test_gpu_roads_refuse_to_start_without_cuda(monkeypatch):
 @pytest.mark.parametrize("engine, colocated, cuda, road", [
     ("hf", True, False, "none"), ("hf", False, False, "object_store"), ("hf", False, True, "object_store"),
     ("vllm", True, True, "ipc"), ("vllm", False, True, "nccl"),
+    ("vllm", True, False, "in_actor"), ("vllm", False, False, "object_store"),  # vLLM's CPU build
 ])
 def test_sync_kind(engine, colocated, cuda, road):
     assert sync_kind(engine, colocated, cuda) == road
 
 
-def test_sync_kind_refuses_vllm_without_cuda_and_unknown_engines():
-    with pytest.raises(ValueError, match="CUDA"):
-        sync_kind("vllm", colocated=False, cuda=False)
+def test_sync_kind_refuses_unknown_engines():
     with pytest.raises(ValueError, match="known: hf, vllm"):
         sync_kind("sglang", colocated=False, cuda=True)
 

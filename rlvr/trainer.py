@@ -32,6 +32,8 @@ from rlvr.workers.placement import Workers, check_environment, start_ray
 
 log = logging.getLogger("rlvr")
 
+NO_SIGNAL_WARN_AFTER = 3  # steps in a row without signal before the (one) warning
+
 
 def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Run ``recipe`` to ``trainer.total_steps``; with ``resume``, continue from the latest checkpoint."""
@@ -57,6 +59,7 @@ class Trainer:
         self.recipe, self.resume, self.training = recipe, resume, training
         self.run_dir = Path(recipe.trainer.output_dir)
         self.step = 0
+        self.no_signal_streak, self.warned_no_signal = 0, False  # steps skipped in a row for want of signal
 
     # -- setup and teardown ------------------------------------------------------------------------
     def __enter__(self) -> Trainer:
@@ -122,29 +125,53 @@ class Trainer:
         if len(batch) == 0:  # dynamic sampling found no informative group within its budget
             log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
                         step, algo.options.max_gen_batches)
-            return {**row, **algo.pop_metrics(), **timer.metrics()}
-        with timer("old_logprob"):
-            batch.old_logprobs = (workers.logprobs(batch) if self.recipe.learner.recompute_old_logprobs
-                                  else batch.rollout_logprobs)
-        with timer("ref"):
-            if algo.needs_reference:
-                batch.ref_logprobs = workers.logprobs(batch, reference=True)
-        algo.importance_weights(batch)  # truncated importance sampling, when the algorithm asks for it
-        batch.advantages = algo.advantages(batch)
-        with timer("update"):
-            learner_metrics = workers.update(batch)
-        with timer("sync"):
-            workers.sync_weights()
+            return self.count_signal({**row, **algo.pop_metrics(), **timer.metrics()}, trained=False)
+        if algo.needs_reference_before_advantages:  # the KL in the reward reads both log-probs
+            self.learner_logprobs(batch, timer)
+        batch.advantages = algo.advantages(batch)  # always: algorithm state (DCPO's statistics) moves with it
+        trained = algo.update_would_move(batch)
+        learner_metrics = self.learn(batch, timer) if trained else {}  # else no gradient: no learner work at all
         row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
                     **learner_metrics, **timer.metrics()})
-        trained = batch.num_response_tokens * self.recipe.learner.epochs
         if source.early_rejection:
             row.update(step_metrics(source.early_rejection))
         row["tokens/generated"] = source.tokens
-        row["tokens/trained"] = trained
+        row["tokens/trained"] = batch.num_response_tokens * self.recipe.learner.epochs if trained else 0
         row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
-        row["sync/bytes"] = workers.last_sync_bytes
+        row["sync/bytes"] = workers.last_sync_bytes if trained else 0
         row["memory/peak_bytes"] = workers.peak_memory()
+        return self.count_signal(row, trained)
+
+    def learner_logprobs(self, batch: RolloutBatch, timer: PhaseTimer) -> None:
+        """The behaviour log-probs (recomputed, or the engine's) and, when the algorithm has a KL term, the
+        reference's, into ``batch``."""
+        with timer("old_logprob"):
+            batch.old_logprobs = (self.workers.logprobs(batch) if self.recipe.learner.recompute_old_logprobs
+                                  else batch.rollout_logprobs)
+        with timer("ref"):
+            if self.algorithm.needs_reference:
+                batch.ref_logprobs = self.workers.logprobs(batch, reference=True)
+
+    def learn(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, float]:
+        """The learner's part of a step with signal: log-probs (unless the advantages needed them first),
+        truncated importance weights (when the algorithm asks for them), the update and the weight sync."""
+        if batch.old_logprobs is None:
+            self.learner_logprobs(batch, timer)
+        self.algorithm.importance_weights(batch)
+        with timer("update"):
+            metrics = self.workers.update(batch)
+        with timer("sync"):
+            self.workers.sync_weights()
+        return metrics
+
+    def count_signal(self, row: dict[str, Any], trained: bool) -> dict[str, Any]:
+        """``row`` with ``train/skipped_no_signal``; after ``NO_SIGNAL_WARN_AFTER`` skipped steps in a row, once
+        per run, a warning with what to try."""
+        row["train/skipped_no_signal"] = int(not trained)
+        self.no_signal_streak = 0 if trained else self.no_signal_streak + 1
+        if self.no_signal_streak == NO_SIGNAL_WARN_AFTER and not self.warned_no_signal:
+            self.warned_no_signal = True
+            log.warning(no_signal_advice(row, self.no_signal_streak, self.recipe))
         return row
 
     def generate(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams) -> RolloutBatch:
@@ -347,6 +374,24 @@ def eval_metrics(results: dict[str, Any]) -> dict[str, float]:
             if key in b:
                 out[f"eval/{name}/{key}"] = b[key]
     return out
+
+
+def no_signal_advice(row: dict[str, Any], steps: int, recipe: Recipe) -> str:
+    """The warning after ``steps`` steps in a row without signal, with the last step's reward and truncation."""
+    seen = []
+    if "reward/mean" in row:
+        seen.append(f"mean reward {row['reward/mean']:.3g}")
+    if "response/truncated_frac" in row:
+        seen.append(f"{row['response/truncated_frac']:.0%} of responses hit rollout.max_new_tokens "
+                    f"({recipe.rollout.max_new_tokens})")
+    seen_text = f" ({', '.join(seen)})" if seen else ""
+    return (f"step {row['step']}: {steps} steps in a row without training signal (train/skipped_no_signal: every "
+            "advantage zero, e.g. equal rewards within every group, and no other term in the loss), so no update ran "
+            f"and the weights are unchanged{seen_text}. Try: the prompt template "
+            f"(data.template is {recipe.data.template!r}; e.g. qwen-boxed when the reward reads a \\boxed{{}} "
+            f"answer), the reward function ({recipe.reward.function!r}: does it score this model's responses?), "
+            "a larger rollout.max_new_tokens if responses are cut off, and `rlvr eval` on the model first to see "
+            "whether it solves any of these problems")
 
 
 def advantage_metrics(batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:

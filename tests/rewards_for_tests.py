@@ -10,3 +10,8 @@ def by_length(completion: str, answer: str, **fields) -> float:
 def by_length_with_answer(completion: str, answer: str, **fields) -> dict:
     """:func:`by_length`, plus the first character as the "extracted answer" (for COPO's answer entropy)."""
     return {"score": by_length(completion, answer), "extracted": completion[:1]}
+
+
+def zero(completion: str, answer: str, **fields) -> float:
+    """Always 0: every advantage of every step is zero (a model that never writes the answer format)."""
+    return 0.0

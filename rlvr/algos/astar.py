@@ -103,6 +103,11 @@ class AStarPO(Algorithm):
     def rollout_plan(self, num_prompts: int, n: int) -> list[int]:
         return [1] * num_prompts
 
+    @property
+    def loss_moves_without_advantage(self) -> bool:
+        """Always: with ``r - V* = 0`` the regression still pulls ``beta2 log pi/pi_ref`` towards 0."""
+        return True
+
     def prepare_prompts(self, prompts: list[Any], recipe) -> list[Any]:
         o = self.options
         path = table_path(o, recipe.trainer.output_dir)

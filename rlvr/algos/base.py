@@ -225,6 +225,25 @@ class Algorithm:
         """The advantage each row is actually trained with (COPO blends two), for adv/* metrics."""
         return batch.advantages
 
+    @property
+    def loss_moves_without_advantage(self) -> bool:
+        """Whether the loss has a term that is not multiplied by the advantage: the KL to the reference in the
+        loss, or the entropy bonus (A*-PO: its regression). Such a term has a gradient when every advantage is 0."""
+        o = self.options
+        return (o.kl_coef > 0 and o.kl_in == "loss") or o.entropy_coef != 0
+
+    def update_would_move(self, batch: RolloutBatch) -> bool:
+        """Whether an update on ``batch`` (advantages set) has any gradient: a term not multiplied by the
+        advantage, or a non-zero advantage on a valid token of a policy-gradient term with ``pg_coef > 0``.
+        False: the trainer skips the step's learner passes, update and weight sync (``train/skipped_no_signal``).
+
+        Every term of the clipped losses is ``A`` times a function of the ratio (dual clip included), and the
+        importance weights scale ``A``, so a zero advantage has an exactly zero gradient. Running that update
+        would still move the weights through AdamW's momentum from earlier steps and its weight decay; skipping
+        it leaves them, the optimizer state and the learning-rate schedule as they are."""
+        return self.loss_moves_without_advantage or (
+            self.options.pg_coef > 0 and has_signal(self.effective_advantages(batch), batch.response_mask))
+
     def prepare_prompts(self, prompts: list[Any], recipe: Recipe) -> list[Any]:
         """Once, when the run loads its training prompts: filter them or check side data (A*-PO's V*)."""
         return prompts
@@ -407,6 +426,15 @@ def importance_weighted(inputs: LossInputs) -> LossInputs:
     advantages = inputs.advantages if inputs.advantages.dim() == 2 else inputs.advantages[:, None]
     width = inputs.mask.shape[1]
     return replace(inputs, advantages=advantages[:, :width] * weights[:, :width].to(advantages.dtype))
+
+
+def has_signal(advantages: Tensor, mask: Tensor) -> bool:  # advantages [N] or [N,T], mask [N,T]
+    """Whether any valid response token has a non-zero advantage (NaN counts: the learner must see it)."""
+    valid = mask.bool()
+    if advantages.dim() == 1:
+        return bool(((advantages != 0) & valid.any(1)).any())
+    width = min(advantages.shape[1], mask.shape[1])
+    return bool(((advantages[:, :width] != 0) & valid[:, :width]).any())
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float) -> Tensor:  # [N]

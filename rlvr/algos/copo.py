@@ -24,7 +24,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs
+from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs, has_signal
 from rlvr.algos.functional import AggMode, CopoMode, clipped_pg_terms, copo_advantages
 from rlvr.algos.registry import register
 
@@ -81,6 +81,15 @@ class COPO(ClippedAlgorithm):
     def effective_advantages(self, batch) -> Tensor:  # [N]
         weight = batch.algo_fields["copo_weight"]
         return (1.0 - weight) * batch.algo_fields["copo_global"] + weight * batch.advantages
+
+    def update_would_move(self, batch) -> bool:
+        """Each surrogate by itself: a blend whose effective advantage is 0 can still have a gradient once
+        the ratio leaves 1 (later mini-batches, clipping), unless both its weighted terms are 0."""
+        weight = batch.algo_fields["copo_weight"]
+        local, glob = weight * batch.advantages, (1.0 - weight) * batch.algo_fields["copo_global"]
+        return self.loss_moves_without_advantage or (
+            self.options.pg_coef > 0 and (has_signal(local, batch.response_mask)
+                                          or has_signal(glob, batch.response_mask)))
 
     def clip_spec(self) -> None:
         """None: the blend of two clipped terms is not the fused kernel's loss; :meth:`per_token_loss` it is."""

@@ -45,7 +45,7 @@ def test_rollout_weights_equal_the_learners_after_sync(tiny_model_dir, ray_sessi
         initial = ray.get(rollout.weights_digest.remote())
         assert initial == ray.get(learner.learner_digest.remote())
         row = run.train_step(1)
-        assert row["sync/bytes"] > 0
+        assert row["sync/bytes"] > 0 and row["train/skipped_no_signal"] == 0
         trained = ray.get(learner.learner_digest.remote())
         assert trained != initial  # the update changed the weights ...
         assert ray.get(rollout.weights_digest.remote()) == trained  # ... and the rollout worker has them
@@ -62,7 +62,7 @@ def test_run_directory_holds_config_metrics_and_an_hf_checkpoint(tiny_model_dir,
     for key in ("reward/mean", "reward/accuracy", "reward/errors", "response/length_mean", "actor/entropy",
                 "actor/clip_frac", "actor/grad_norm", "actor/lr", "time/generate", "time/reward",
                 "time/old_logprob", "time/ref", "time/update", "time/sync", "throughput/tokens_per_s",
-                "memory/peak_bytes"):
+                "memory/peak_bytes", "train/skipped_no_signal"):
         assert key in rows[1], key
     assert (tmp_path / "config.yaml").read_text().startswith("model:")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_1", "step_2"]

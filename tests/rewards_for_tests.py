@@ -15,3 +15,13 @@ def by_length_with_answer(completion: str, answer: str, **fields) -> dict:
 def zero(completion: str, answer: str, **fields) -> float:
     """Always 0: every advantage of every step is zero (a model that never writes the answer format)."""
     return 0.0
+
+
+def slow_math(completion: str, answer: str, **fields) -> dict:
+    """The math reward after a 0.1 s pause: an evaluation slow enough, on any machine, to be killed halfway."""
+    import time
+
+    from reward_fns.math_answer import reward
+
+    time.sleep(0.1)
+    return reward(completion, answer, **fields)

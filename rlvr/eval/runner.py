@@ -9,19 +9,27 @@ timeout per call), and reports per benchmark, and per subject and level where pr
   ``maj@k`` (majority vote over extracted answers); ``greedy`` when asked; counts of samples, correct
   ones, ones with no extractable answer, truncated ones and grader failures.
 
-It writes ``results.json`` (settings and metrics) and ``samples.jsonl`` (one line per response: benchmark,
-problem id, prompt, response, extracted answer, correct) to the output directory, and
-:func:`format_table` renders the terminal table.
+It writes ``samples.jsonl`` (one line per response: benchmark, problem id, prompt, response, extracted
+answer, correct) as it grades, and ``results.json`` (settings and metrics) at the start and after each
+benchmark, to the output directory; :func:`format_table` renders the terminal table.
+
+Interruption: the work is cut into chunks (one ``generate`` call each) whose requests and seed are a pure
+function of (benchmark, chunk index, settings). Each graded chunk is appended to ``samples.jsonl`` and
+fsynced; ``evaluate(..., resume=True)`` keeps the chunks found whole on disk, generates only the others with
+the same seeds, and so ends with the results an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +41,15 @@ from rlvr.rewards.grading.numbers import number_value
 from rlvr.rewards.pool import RewardPool, RewardRequest
 from rlvr.rollout.engine import Completion, SamplingParams
 
+log = logging.getLogger("rlvr")
+
 GenerateFn = Callable[[list[list[int]], SamplingParams], list[Completion]]
 
 # Problem fields results are also broken down by, when every problem of a benchmark has them (MATH500).
 GROUP_FIELDS = ("subject", "level")
 RESULTS_FILE, SAMPLES_FILE = "results.json", "samples.jsonl"
+# Settings a resume may change: they do not change what is generated or how it is graded.
+RESUMABLE_CHANGES = ("grader_workers",)
 
 
 @dataclass(frozen=True)
@@ -104,32 +116,36 @@ class Sample:
 
 def evaluate(generate: GenerateFn, tokenizer, benchmarks: dict[str, list[Prompt]], settings: EvalSettings,
              output_dir: str | os.PathLike | None = None, progress: bool = True, pool: RewardPool | None = None,
-             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+             metadata: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Sample, grade and score every benchmark; write ``results.json`` and ``samples.jsonl`` to ``output_dir``.
 
     ``pool`` grades (a :class:`RewardPool` of ``settings.reward``); by default one is started and closed
-    here. ``metadata`` (the model, the step...) goes into ``results.json`` as it is. Returns the results.
+    here. ``metadata`` (the model, the step...) goes into ``results.json`` as it is. ``resume``: keep the
+    graded chunks already in ``output_dir`` (whose evaluation must have had the same settings, metadata and
+    problems; :func:`check_resume`) and generate only the rest; otherwise start afresh. Returns the results.
     """
     started = time.perf_counter()
-    rendered = {name: [render(p, settings.template, tokenizer) for p in prompts]
-                for name, prompts in benchmarks.items()}
-    jobs = _jobs(benchmarks, rendered, settings)
+    chunks = {name: _chunks(name, prompts, [render(p, settings.template, tokenizer) for p in prompts], settings)
+              for name, prompts in benchmarks.items()}
+    header = _header(benchmarks, settings, metadata)
+    out = Path(output_dir) if output_dir is not None else None
+    kept = _start_output(out, header, chunks, resume) if out is not None else {}
+    results = {**header, "benchmarks": {}, "complete": False,
+               "resumed_samples": sum(len(samples) for samples in kept.values())}
     own_pool = pool is None
     pool = pool or RewardPool(settings.reward, settings.grader_workers, settings.grader_timeout_s, 0.0)
     try:
-        samples = _run(generate, tokenizer, jobs, settings, pool, progress)
+        for name, samples in _run(generate, tokenizer, chunks, kept, settings, pool, progress, out):
+            results["benchmarks"][name] = summarize(benchmarks[name], samples, settings)
+            if out is not None:
+                _write_results(out, results)
     finally:
         if own_pool:
             pool.close()
-    results = {
-        **(metadata or {}),
-        "settings": asdict(settings),
-        "benchmarks": {name: summarize(benchmarks[name], [s for s in samples if s.benchmark == name], settings)
-                       for name in benchmarks},
-        "time_s": round(time.perf_counter() - started, 3),
-    }
-    if output_dir is not None:
-        write_outputs(Path(output_dir), results, samples)
+    results["complete"] = True
+    results["time_s"] = round(time.perf_counter() - started, 3)
+    if out is not None:
+        _write_results(out, results)
     return results
 
 
@@ -141,37 +157,57 @@ class _Job:
     sample: int | str
 
 
-def _jobs(benchmarks: dict[str, list[Prompt]], rendered: dict[str, list[list[int]]],
-          settings: EvalSettings) -> list[_Job]:
-    """Every request to make: n samples per problem, then (when asked) one greedy response per problem."""
-    jobs = [_Job(name, p, t, i) for name, prompts in benchmarks.items()
-            for p, t in zip(prompts, rendered[name]) for i in range(settings.n)]
-    if settings.greedy:
-        jobs += [_Job(name, p, t, "greedy") for name, prompts in benchmarks.items()
-                 for p, t in zip(prompts, rendered[name])]
-    return jobs
+@dataclass
+class _Chunk:
+    """One generate call, and the unit a resume keeps or generates again."""
+
+    jobs: list[_Job]
+    sampling: SamplingParams
 
 
-def _run(generate: GenerateFn, tokenizer, jobs: list[_Job], settings: EvalSettings, pool: RewardPool,
-         progress: bool) -> list[Sample]:
+def _chunks(name: str, prompts: list[Prompt], tokens: list[list[int]], settings: EvalSettings) -> list[_Chunk]:
+    """A benchmark's requests, ``chunk_size`` per call: n samples per problem, then (when asked) one greedy
+    response per problem. Each chunk's requests and seed depend only on (benchmark, its index, settings),
+    so a resumed run samples the chunks it generates exactly as an uninterrupted run would."""
+    sampled = [_Job(name, p, t, i) for p, t in zip(prompts, tokens) for i in range(settings.n)]
+    greedy = [_Job(name, p, t, "greedy") for p, t in zip(prompts, tokens)] if settings.greedy else []
+    chunks = []
+    for group, temperature in ((sampled, settings.temperature), (greedy, 0.0)):
+        for start in range(0, len(group), settings.chunk_size):
+            digest = hashlib.blake2b(f"{settings.seed}:{name}:{len(chunks)}".encode(), digest_size=4).digest()
+            sampling = SamplingParams(settings.max_new_tokens, temperature, settings.top_p, settings.top_k,
+                                      seed=int.from_bytes(digest, "big") % 2**31, logprobs=False)
+            chunks.append(_Chunk(group[start : start + settings.chunk_size], sampling))
+    return chunks
+
+
+def _run(generate: GenerateFn, tokenizer, chunks: dict[str, list[_Chunk]], kept: dict[tuple[str, int], list[Sample]],
+         settings: EvalSettings, pool: RewardPool, progress: bool,
+         out: Path | None) -> Iterator[tuple[str, list[Sample]]]:
+    """Generate and grade every chunk not in ``kept``, appending each to ``out/samples.jsonl`` as it is
+    graded; yield each benchmark's samples (kept and new) when it is done."""
     from tqdm import tqdm
 
-    samples: list[Sample] = []
-    sampled = [j for j in jobs if j.sample != "greedy"]
-    greedy = [j for j in jobs if j.sample == "greedy"]
-    with tqdm(total=len(jobs), disable=not progress, unit="response", dynamic_ncols=True, file=sys.stderr,
-              desc="rlvr eval") as bar:
-        for group, temperature in ((sampled, settings.temperature), (greedy, 0.0)):
-            for index, start in enumerate(range(0, len(group), settings.chunk_size)):
-                chunk = group[start : start + settings.chunk_size]
-                # Each call's seed is a pure function of (seed, call), so a rerun samples the same responses.
-                sampling = SamplingParams(settings.max_new_tokens, temperature, settings.top_p, settings.top_k,
-                                          seed=(settings.seed * 1_000_003 + index * 7919) % (2**31), logprobs=False)
-                completions = generate([j.tokens for j in chunk], sampling)
-                samples += _grade(tokenizer, chunk, completions, pool, settings.correct_threshold)
-                bar.update(len(chunk))
-                bar.set_postfix(acc=f"{sum(s.correct for s in samples) / len(samples):.3f}", refresh=False)
-    return samples
+    total = sum(len(c.jobs) for cs in chunks.values() for c in cs)
+    resumed = sum(len(samples) for samples in kept.values())
+    seen = correct = 0
+    with (tqdm(total=total, initial=resumed, disable=not progress, unit="response", dynamic_ncols=True,
+               file=sys.stderr, desc="rlvr eval") as bar,
+          open(out / SAMPLES_FILE, "a") if out is not None else nullcontext() as samples_file):
+        for name, bench_chunks in chunks.items():
+            samples: list[Sample] = []
+            for index, chunk in enumerate(bench_chunks):
+                graded = kept.get((name, index))
+                if graded is None:
+                    completions = generate([j.tokens for j in chunk.jobs], chunk.sampling)
+                    graded = _grade(tokenizer, chunk.jobs, completions, pool, settings.correct_threshold)
+                    if samples_file is not None:
+                        _append(samples_file, graded)
+                    bar.update(len(graded))
+                    seen, correct = seen + len(graded), correct + sum(s.correct for s in graded)
+                    bar.set_postfix(acc=f"{correct / seen:.3f}", refresh=False)
+                samples += graded
+            yield name, samples
 
 
 def _grade(tokenizer, jobs: list[_Job], completions: list[Completion], pool: RewardPool,
@@ -264,11 +300,94 @@ def summarize(prompts: list[Prompt], samples: list[Sample], settings: EvalSettin
 # --- output -----------------------------------------------------------------------------------------
 
 
-def write_outputs(output_dir: Path, results: dict[str, Any], samples: list[Sample]) -> None:
-    """``results.json`` and ``samples.jsonl``, each written to a temporary name and renamed into place."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / SAMPLES_FILE, "".join(json.dumps(asdict(s)) + "\n" for s in samples))
-    _write_atomic(output_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+def check_resume(output_dir: str | os.PathLike, benchmarks: dict[str, list[Prompt]], settings: EvalSettings,
+                 metadata: dict[str, Any] | None = None) -> None:
+    """Raise ValueError naming every setting, metadata entry and benchmark that differs from the evaluation
+    in ``output_dir`` (its ``results.json``), since resuming would mix two evaluations. Metadata entries
+    not given here (the CLI checks before it knows the engine) are not compared."""
+    _check_same(Path(output_dir), _header(benchmarks, settings, metadata))
+
+
+def _check_same(out: Path, header: dict[str, Any]) -> None:
+    # The header as JSON reads it back, so that a tuple and the list it was stored as compare equal.
+    stored, current = _flat(json.loads((out / RESULTS_FILE).read_text())), _flat(json.loads(json.dumps(header)))
+    keys = [*current, *(k for k in stored if k.startswith("benchmark ") and k not in current)]
+    differ = [f"{key}: {stored.get(key, 'absent')!s} there, {current.get(key, 'absent')!s} now" for key in keys
+              if key not in RESUMABLE_CHANGES and stored.get(key, "absent") != current.get(key, "absent")]
+    if differ:
+        raise ValueError(f"cannot resume the evaluation in {out}: it ran with other settings ("
+                         + "; ".join(differ) + "). Rerun with its settings, or start again with --overwrite")
+
+
+def _header(benchmarks: dict[str, list[Prompt]], settings: EvalSettings,
+            metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``results.json`` holds from the start, and what a resume must match: the metadata, the
+    settings, and a fingerprint of each benchmark's problems."""
+    def fingerprint(prompts: list[Prompt]) -> str:
+        text = json.dumps([asdict(p) for p in prompts], sort_keys=True, default=str)
+        return f"{len(prompts)} problems, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+    return {**(metadata or {}), "settings": asdict(settings),
+            "problem_sets": {name: fingerprint(prompts) for name, prompts in benchmarks.items()}}
+
+
+def _flat(header: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in header.items() if k not in ("settings", "problem_sets")}
+    flat.update(header.get("settings", {}))
+    flat.update({f"benchmark {name}": value for name, value in header.get("problem_sets", {}).items()})
+    return flat
+
+
+def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``samples.jsonl``; a line that does not parse (the last one, torn by a kill) is left
+    out, so its chunk counts as not done."""
+    path, rows = Path(path), []
+    for line in path.read_bytes().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _start_output(out: Path, header: dict[str, Any], chunks: dict[str, list[_Chunk]],
+                  resume: bool) -> dict[tuple[str, int], list[Sample]]:
+    """Prepare ``out`` and return the chunks already graded there, by (benchmark, chunk index): on a resume
+    the chunks whose every row is on disk (a chunk with rows missing is dropped, to be generated whole);
+    otherwise none. ``samples.jsonl`` is rewritten to hold just those, and ``results.json`` the header
+    with no benchmark done yet."""
+    kept: dict[tuple[str, int], list[Sample]] = {}
+    if resume and (out / RESULTS_FILE).exists():
+        _check_same(out, header)
+        rows = {(r["benchmark"], r["problem_id"], r["sample"]): r for r in read_samples(out / SAMPLES_FILE)}
+        for name, bench_chunks in chunks.items():
+            for index, chunk in enumerate(bench_chunks):
+                found = [rows.get((j.benchmark, j.prompt.id, j.sample)) for j in chunk.jobs]
+                if all(found):
+                    kept[name, index] = [Sample(**row) for row in found]
+        total = sum(len(c.jobs) for cs in chunks.values() for c in cs)
+        resumed = sum(len(samples) for samples in kept.values())
+        log.info("rlvr eval: resuming %s: %d of %d responses graded there; generating %d", out, resumed, total,
+                 total - resumed)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / SAMPLES_FILE, "".join(_line(s) for samples in kept.values() for s in samples))
+    _write_results(out, {**header, "benchmarks": {}, "complete": False})
+    return kept
+
+
+def _line(sample: Sample) -> str:
+    return json.dumps(asdict(sample)) + "\n"
+
+
+def _append(file, samples: list[Sample]) -> None:
+    """Append graded samples and force them to disk, so a kill loses at most the chunk being written."""
+    file.write("".join(_line(s) for s in samples))
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _write_results(out: Path, results: dict[str, Any]) -> None:
+    _write_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

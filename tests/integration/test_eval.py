@@ -4,16 +4,20 @@ real reward processes grading, the project's MATH500 copy."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from rlvr.cli import main
 from rlvr.config import build_recipe
 from rlvr.data.tasks import arithmetic
 from rlvr.rewards.grading import grade
 from rlvr.trainer import train
-from tests.conftest import SHARED_DATA, tiny_overrides
+from tests.conftest import REPO, SHARED_DATA, tiny_overrides
 
 SAMPLE_FIELDS = {"benchmark", "problem_id", "sample", "prompt", "response", "extracted", "correct", "gold",
                  "finish_reason", "num_tokens", "grader_error"}
@@ -62,6 +66,57 @@ def test_eval_of_the_tiny_model_on_20_math500_problems_writes_table_results_and_
     again = _rlvr_eval("--model", tiny_model_dir, "--benchmarks", "math500", "--limit", "2", "--data-dir",
                        str(SHARED_DATA), "--output", str(out), cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # results are never silently replaced
+    assert results["complete"] is True and results["resumed_samples"] == 0
+
+
+def test_an_eval_killed_halfway_resumes_to_the_results_of_an_uninterrupted_run(tiny_model_dir, tmp_path, capsys):
+    """SIGKILL once a few chunks are on disk, then ``--resume``: the graded samples stay, only the rest is
+    generated, and results.json equals a run that was never interrupted. Grading sleeps 0.1 s a response
+    (tests.rewards_for_tests:slow_math), so the run is seconds from its end when it is killed."""
+    args = ["--model", tiny_model_dir, "--benchmarks", "math500,gsm8k", "--limit", "6", "--n", "2", "--greedy",
+            "--max-new-tokens", "8", "--template", "plain", "--data-dir", str(SHARED_DATA), "--batch-size", "2",
+            "--reward", "tests.rewards_for_tests:slow_math", "--grader-workers", "1", "--no-progress"]
+    total = 2 * 6 * (2 + 1)  # 18 chunks of 2
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the test reward imports in the eval and its graders
+
+    def start(out):
+        return subprocess.Popen([sys.executable, "-m", "rlvr.cli", "eval", *args, "--output", str(out)], cwd=tmp_path,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    whole, cut = start(tmp_path / "whole"), start(tmp_path / "cut")  # side by side: the outputs do not depend on it
+    samples = tmp_path / "cut" / "samples.jsonl"
+    deadline = time.monotonic() + 240
+    while not samples.exists() or samples.read_bytes().count(b"\n") < 4:
+        assert cut.poll() is None, "the evaluation ended before it could be killed"
+        assert time.monotonic() < deadline, "no samples on disk after 240 s"
+        time.sleep(0.01)
+    cut.send_signal(signal.SIGKILL)
+    assert cut.wait() == -signal.SIGKILL
+    graded_before = [line for line in samples.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 4 <= len(graded_before) < total
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["complete"] is False
+
+    # Refused before the model loads (so run in this process): a re-run without --resume, and other settings.
+    assert main(["eval", *args, "--output", str(tmp_path / "cut")]) == 2
+    assert "holds an interrupted evaluation; pass --resume" in capsys.readouterr().err
+    assert main(["eval", *args, "--output", str(tmp_path / "cut"), "--resume", "--max-new-tokens", "9"]) == 2
+    assert "max_new_tokens: 8 there, 9 now" in capsys.readouterr().err
+
+    resumed = subprocess.run([sys.executable, "-m", "rlvr.cli", "eval", *args, "--output", str(tmp_path / "cut"),
+                              "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert whole.wait(timeout=300) == 0
+    kept = 2 * (len(graded_before) // 2)  # whole chunks only: a chunk cut by the kill is generated again
+    assert f"{kept} of {total} responses graded there; generating {total - kept}" in resumed.stderr
+    after = (tmp_path / "cut" / "samples.jsonl").read_text()
+    assert after.startswith("".join(graded_before[:kept])) and after.count("\n") == total
+    assert after == (tmp_path / "whole" / "samples.jsonl").read_text()
+
+    def without_timing(path):
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("time_s", "resumed_samples")}
+
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["resumed_samples"] == kept
+    assert without_timing(tmp_path / "cut" / "results.json") == without_timing(tmp_path / "whole" / "results.json")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ import pytest
 
 from rlvr.data.prompts import Prompt, check_template, render
 from rlvr.eval.benchmarks import BENCHMARKS, check_names, load_benchmark, load_benchmarks
-from rlvr.eval.runner import EvalSettings, Sample, answer_key, evaluate, format_table, summarize
+from rlvr.eval.runner import EvalSettings, Sample, answer_key, evaluate, format_table, read_samples, summarize
+from rlvr.rewards.pool import RewardPool
 from rlvr.rollout.engine import Completion
 from tests.conftest import SHARED_DATA
 
@@ -68,7 +69,7 @@ def test_a_benchmark_missing_from_the_data_directory_says_how_to_get_it(tmp_path
 
     real_import = builtins.__import__
 
-    def no_datasets(name, *args, **kwargs):  # as on a machine without the optional 'datasets' package
+    def no_datasets(name, *args, **kwargs):  # as on a machine where the 'datasets' package is broken or missing
         if name == "datasets":
             raise ImportError("No module named 'datasets'")
         return real_import(name, *args, **kwargs)
@@ -77,7 +78,7 @@ def test_a_benchmark_missing_from_the_data_directory_says_how_to_get_it(tmp_path
     with pytest.raises(ValueError) as error:
         load_benchmark("aime25", tmp_path)
     assert "math-ai/aime25" in str(error.value) and "aime25.jsonl" in str(error.value)
-    assert "rlvr[hub]" in str(error.value)
+    assert "pip install datasets" in str(error.value)
 
 
 @pytest.mark.parametrize(("name", "row", "expected"), [
@@ -225,3 +226,94 @@ def test_evaluate_end_to_end_with_scripted_responses(tmp_path):
     table = format_table(results)
     assert table.splitlines()[0].split()[:6] == ["benchmark", "problems", "avg@4", "pass@1", "pass@4", "maj@4"]
     assert table.splitlines()[2].split()[:6] == ["toy", "4", "37.5", "37.5", "75.0", "50.0"]
+
+
+# --- interruption and resume --------------------------------------------------------------------------
+
+
+class _Killed(Exception):
+    pass
+
+
+def _seeded_generate(calls, stop_after=None):
+    """Responses that depend on the call's seed, temperature and each request's place in the call, as a real
+    engine's do: a resume that cut or seeded the work differently would not reproduce them."""
+    def generate(requests, sampling):
+        if stop_after is not None and len(calls) == stop_after:
+            raise _Killed
+        calls.append(sampling)
+        out = []
+        for position, request in enumerate(requests):
+            value = (sampling.seed + 7 * position + sum(request)) % 5 if sampling.temperature else 1
+            out.append(Completion([1] * (value + 1), [], f"the answer is \\boxed{{{value}}}", "stop"))
+        return out
+    return generate
+
+
+@pytest.fixture(scope="module")
+def grading_pool():
+    pool = RewardPool("math_answer", 1, 10.0, 0.0)
+    yield pool
+    pool.close()
+
+
+# Two benchmarks of 5 problems, n=2 and greedy, 3 requests per call: 4 sampled and 2 greedy calls each.
+RESUME_SETTINGS = EvalSettings(n=2, greedy=True, template="plain", chunk_size=3, grader_workers=1)
+RESUME_BENCHMARKS = {name: [Prompt(f"{name}{i}", f"{name} problem {i}", str(i % 5)) for i in range(5)]
+                     for name in ("a", "b")}
+
+
+def _evaluate(generate, out, pool, resume=False, settings=RESUME_SETTINGS, benchmarks=RESUME_BENCHMARKS):
+    return evaluate(generate, _ChatTokenizer(), benchmarks, settings, out, progress=False, pool=pool,
+                    metadata={"model": "scripted"}, resume=resume)
+
+
+def _without_timing(results):
+    return {k: v for k, v in results.items() if k not in ("time_s", "resumed_samples")}
+
+
+def test_a_killed_evaluation_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, grading_pool):
+    whole = _evaluate(_seeded_generate([]), tmp_path / "whole", grading_pool)
+    whole_lines = (tmp_path / "whole" / "samples.jsonl").read_text().splitlines(keepends=True)
+    assert len(whole_lines) == 2 * (5 * 2 + 5) and whole["resumed_samples"] == 0
+
+    out = tmp_path / "cut"
+    with pytest.raises(_Killed):  # killed in the 8th call: benchmark a's 6 calls and b's first are on disk
+        _evaluate(_seeded_generate([], stop_after=7), out, grading_pool)
+    assert (out / "samples.jsonl").read_text().splitlines(keepends=True) == whole_lines[:18]
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["complete"] is False and partial["benchmarks"] == {"a": whole["benchmarks"]["a"]}
+
+    # As a kill in the middle of a write leaves it: two of the next call's three rows, then a torn line.
+    with (out / "samples.jsonl").open("a") as file:
+        file.write("".join(whole_lines[18:20]) + whole_lines[20][:25])
+    assert len(read_samples(out / "samples.jsonl")) == 20  # the torn line is left out
+
+    calls = []
+    resumed = _evaluate(_seeded_generate(calls), out, grading_pool, resume=True)
+    assert len(calls) == 12 - 7  # the half-written call is made again, whole, and nothing before it
+    assert resumed["resumed_samples"] == 18 and resumed["complete"] is True
+    assert _without_timing(resumed) == _without_timing(whole)
+    assert _without_timing(json.loads((out / "results.json").read_text())) == _without_timing(whole)
+    assert (out / "samples.jsonl").read_text().splitlines(keepends=True) == whole_lines
+
+
+def test_a_resume_with_other_settings_is_refused_naming_what_differs(tmp_path, grading_pool):
+    with pytest.raises(_Killed):
+        _evaluate(_seeded_generate([], stop_after=2), tmp_path, grading_pool)
+    before = (tmp_path / "samples.jsonl").read_text()
+    other = {"a": RESUME_BENCHMARKS["a"][:4]}  # another --limit, and benchmark b left out
+    with pytest.raises(ValueError) as error:
+        _evaluate(_seeded_generate([]), tmp_path, grading_pool, resume=True, benchmarks=other,
+                  settings=EvalSettings(n=3, greedy=True, template="plain", chunk_size=3, grader_workers=2))
+    message = str(error.value)
+    assert message.startswith(f"cannot resume the evaluation in {tmp_path}: it ran with other settings (")
+    assert "n: 2 there, 3 now" in message and "benchmark a: 5 problems, sha256 " in message
+    assert "benchmark b: 5 problems, sha256 " in message and "absent now" in message
+    assert "grader_workers" not in message  # it changes nothing that is generated or graded
+    assert message.endswith("Rerun with its settings, or start again with --overwrite")
+    assert (tmp_path / "samples.jsonl").read_text() == before  # nothing was touched
+
+    calls = []  # without resume, the directory starts afresh
+    _evaluate(_seeded_generate(calls), tmp_path, grading_pool)
+    assert len(calls) == 12 and len(read_samples(tmp_path / "samples.jsonl")) == 30

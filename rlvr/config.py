@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlvr.data.sources import DatasetSpec
+
 
 
 class RecipeError(ValueError):
@@ -33,20 +35,30 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = Field("tiny:train", description="Prompt source: 'tiny:train', a .jsonl/.json/.parquet file, "
-                       "or a Hugging Face dataset 'name[:split]'.")
+    train: str | DatasetSpec = Field(
+        "tiny:train", description="Prompt source (docs/data.md): 'tiny:train', a .jsonl/.json/.parquet file, a "
+        "'name[:split]' that datasets.load_dataset reads (hub id or local dataset directory), or a mapping "
+        "{path, name, split, data_files} with load_dataset's meaning ({path: parquet, data_files: f.parquet}; "
+        "a save_to_disk directory as path is read with load_from_disk).")
     train_size: int | None = Field(None, ge=1, description="Use the first K training prompts (default: all); "
                                    "a small pool makes prompts recur, as DCPO's per-prompt statistics need.")
-    heldout: str | None = Field("tiny:heldout", description="Held-out prompts scored before the first and "
-                                "after the last step (heldout/accuracy); null to skip.")
+    heldout: str | DatasetSpec | None = Field(
+        "tiny:heldout", description="Held-out prompts scored before the first and after the last step "
+        "(heldout/accuracy), in any form data.train takes; null to skip.")
     heldout_size: int | None = Field(None, ge=1, description="Use the first K held-out prompts (default: all).")
-    problem_key: str = Field("problem", description="The problem column; dotted keys read nested fields.")
+    problem_key: str = Field("problem", description="The problem column; dotted keys read nested fields. It holds "
+                             "text, or a list of {role, content} chat messages (TRL / verl: 'prompt'), which go "
+                             "through the model's chat template as they are.")
     answer_key: str = Field("answer", description="The gold-answer column; dotted keys read nested fields "
                             "(verl parquet: reward_model.ground_truth).")
+    answer_format: Literal["raw", "gsm8k"] = Field(
+        "raw", description="How the answer column holds the gold answer: 'raw' (as it is) or 'gsm8k' (a worked "
+        "solution ending in '#### 42', as openai/gsm8k's answer column: the text after '####', stripped).")
     template: str = Field(
         "plain", description="Prompt template: 'plain' (the raw problem), 'chat' (the model's chat template), "
         "'qwen-boxed' (Qwen2.5-Math chain of thought with a boxed answer), 'r1' (DeepSeek-R1's instruction in "
-        "the user message), or a format string with a {problem} field.")
+        "the user message), or a format string with a {problem} field. Chat-message problems always use the "
+        "chat template; qwen-boxed adds its system prompt only where they have none (rlvr.data.prompts.render).")
     batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
     shuffle: bool = True
 
@@ -56,6 +68,16 @@ class DataConfig(Section):
         from rlvr.data.prompts import check_template
 
         return check_template(value)
+
+    @field_validator("train", "heldout", mode="before")
+    @classmethod
+    def _source(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return DatasetSpec.parse(value)
+        if value is not None and not isinstance(value, (str, DatasetSpec)):
+            raise ValueError("a source is a string ('tiny:train', a file, 'name[:split]') or a mapping {path, name, "
+                             "split, data_files}")
+        return value
 
 
 class EarlyRejectionConfig(Section):

@@ -72,11 +72,13 @@ class Trainer:
                 raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
                                       "trainer.output_dir to a new directory")
         # Fail on bad data, side tables or reward specs before anything expensive starts.
-        self.prompts = load_prompts(recipe.data.train, recipe.data.problem_key, recipe.data.answer_key,
-                                    recipe.data.train_size, seed=cfg.seed)
+        data = recipe.data
+        self.prompts = load_prompts(data.train, data.problem_key, data.answer_key, data.train_size, seed=cfg.seed,
+                                    answer_format=data.answer_format)
         self.heldout_prompts = (
-            load_prompts(recipe.data.heldout, recipe.data.problem_key, recipe.data.answer_key, recipe.data.heldout_size)
-            if recipe.data.heldout and self.training else []
+            load_prompts(data.heldout, data.problem_key, data.answer_key, data.heldout_size,
+                         answer_format=data.answer_format)
+            if data.heldout and self.training else []
         )
         self.eval_benchmarks = (load_benchmarks(recipe.eval.benchmarks, recipe.eval.data_dir, recipe.eval.limit)
                                 if recipe.eval.benchmarks and self.training else {})

@@ -25,3 +25,12 @@ def slow_math(completion: str, answer: str, **fields) -> dict:
 
     time.sleep(0.1)
     return reward(completion, answer, **fields)
+
+
+def checks_answer(completion: str, answer: str, **fields) -> float:
+    """:func:`by_length`, once the gold answer is checked against the row's ``expected`` column (verl rows:
+    ``extra_info.answer``): a mismatch raises, which the run counts in ``reward/errors``."""
+    expected = fields["expected"] if "expected" in fields else fields["extra_info"]["answer"]
+    if answer != str(expected):
+        raise ValueError(f"gold answer {answer!r}, but the row says {expected!r}")
+    return by_length(completion, answer)

@@ -35,7 +35,6 @@ Metrics: ``scaf/all_fail_groups``, ``scaf/rescued_frac`` (rescued / all-fail gro
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -153,7 +152,7 @@ class ScafGRPO(GRPOBase):
     def hinted(self, prompt, tier: str, text: str):
         """``prompt`` with its problem replaced by the hinted problem (same id, answer and fields)."""
         problem = self.options.template().format(problem=prompt.problem, hint=text, tier=tier.capitalize())
-        return dataclasses.replace(prompt, problem=problem)
+        return prompt.with_problem(problem)
 
     def prepare_prompts(self, prompts: list[Any], recipe) -> list[Any]:
         """Fail before any work when no training prompt has a hint (wrong ``hint_fields``, say)."""

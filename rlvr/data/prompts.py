@@ -1,21 +1,25 @@
 """Prompt datasets: where they come from, how they become token ids, and the order a run reads them in.
 
-A source is one of
-- ``tiny:train`` / ``tiny:heldout``: the built-in arithmetic task (:mod:`rlvr.data.tasks.arithmetic`);
-- a local ``.jsonl``, ``.json`` or ``.parquet`` file with a problem and an answer column (the format of
-  ../shared/data: ``id``, ``problem``, ``answer``, other fields carried to the reward function);
-- a Hugging Face dataset name, ``name[:split]`` (loaded with the ``datasets`` package, which is optional).
+A source is ``tiny:train`` / ``tiny:heldout`` (the built-in arithmetic task, :mod:`rlvr.data.tasks.arithmetic`)
+or anything :mod:`rlvr.data.sources` reads: a local ``.jsonl`` / ``.json`` / ``.parquet`` file (the format
+of ../shared/data: ``id``, ``problem``, ``answer``, other fields carried to the reward function), a
+``name[:split]`` that ``datasets`` loads, or a :class:`~rlvr.data.sources.DatasetSpec`.
+
+The problem column holds text, or a list of ``{role, content}`` chat messages (TRL's and verl's
+``prompt``), which become the prompt's :attr:`Prompt.messages`; see :func:`render` for how templates treat
+them. The answer column may need extracting (:data:`ANSWER_FORMATS`: GSM8K's ``#### 42``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlvr.data.sources import DatasetSpec, describe, read_rows
 from rlvr.data.tasks import arithmetic
 
 # The Qwen2.5-Math chain-of-thought instruction (QwenLM/Qwen2.5-Math evaluation, "qwen25-math-cot", where it
@@ -50,43 +54,65 @@ def check_template(template: str) -> str:
                      "string with a {problem} field such as 'Question: {problem}\\nAnswer:'")
 
 
+def gsm8k_answer(text: str) -> str:
+    """GSM8K's answer field is the worked solution ending in ``#### 72``; the gold is what follows ``####``,
+    kept as written (``2,125``: the grader reads thousands separators)."""
+    if "####" not in text:
+        raise ValueError(f"no '#### answer' line in {text[-80:]!r}")
+    return text.rsplit("####", 1)[-1].strip()
+
+
+# data.answer_format -> how the answer column becomes the gold answer.
+ANSWER_FORMATS: dict[str, Callable[[str], str]] = {"raw": lambda text: text, "gsm8k": gsm8k_answer}
+
+
 @dataclass
 class Prompt:
+    """One training or evaluation problem.
+
+    ``problem`` is the problem text; for a chat-format row it is the last user message's content, so that
+    graders and PRM scorers that read text keep working. ``messages`` is the row's chat prompt as given
+    (a list of ``{role, content}``), or None for a text problem. ``fields`` are the row's other columns,
+    passed to the reward function.
+    """
+
     id: str
     problem: str
     answer: str
     fields: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None
+
+    def with_problem(self, problem: str) -> Prompt:
+        """This prompt with its problem text replaced (in the last user message too, for a chat prompt)."""
+        if self.messages is None:
+            return dataclasses.replace(self, problem=problem)
+        messages = [dict(m) for m in self.messages]
+        _last_user(messages)["content"] = problem
+        return dataclasses.replace(self, problem=problem, messages=messages)
 
 
-def load_prompts(source: str, problem_key: str = "problem", answer_key: str = "answer", limit: int | None = None,
-                 seed: int = 0) -> list[Prompt]:
-    """Every prompt of ``source`` (the first ``limit`` when given). Raises ValueError naming what is wrong."""
-    if source.startswith("tiny:"):
+def load_prompts(source: str | DatasetSpec | Mapping[str, Any], problem_key: str = "problem",
+                 answer_key: str = "answer", limit: int | None = None, seed: int = 0,
+                 answer_format: str = "raw") -> list[Prompt]:
+    """Every prompt of ``source`` (the first ``limit`` when given). Raises ValueError naming the source, the
+    row and what is wrong, so that bad data stops a run before any model loads."""
+    if isinstance(source, str) and source.startswith("tiny:"):
         split = source.split(":", 1)[1]
         count = limit or (arithmetic.HELDOUT_SIZE if split == "heldout" else 200_000)
         return [Prompt(p.id, p.problem, p.answer) for p in arithmetic.problems(split, count, seed=seed)]
-    path = Path(source)
-    if path.suffix in (".jsonl", ".json", ".parquet"):
-        if not path.exists():
-            raise ValueError(f"dataset file {source!r} does not exist")
-        rows = _read_file(path)
-    else:
-        rows = _read_hub(source)
-    prompts = []
-    for i, row in enumerate(rows[:limit] if limit else rows):
-        missing = [k for k in (problem_key, answer_key) if _lookup(row, k) is None]
-        if missing:
-            raise ValueError(
-                f"dataset {source!r} row {i} has no field {missing[0]!r}; its fields are {sorted(row)} "
-                "(set data.problem_key / data.answer_key; a dotted key such as reward_model.ground_truth "
-                "reads a nested field)"
-            )
-        rest = {k: v for k, v in row.items() if k not in (problem_key, answer_key, "id")}
-        prompts.append(Prompt(str(row.get("id", f"{path.stem}-{i}")), str(_lookup(row, problem_key)),
-                              str(_lookup(row, answer_key)), rest))
-    if not prompts:
-        raise ValueError(f"dataset {source!r} is empty")
-    return prompts
+    if isinstance(source, Mapping):
+        source = DatasetSpec.parse(dict(source))
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {answer_format!r} is unknown; use one of {', '.join(ANSWER_FORMATS)}")
+    rows = read_rows(source, limit)
+    if not rows:
+        raise ValueError(f"{describe(source)} is empty")
+    stem = _id_stem(source)
+    return [_prompt(row, i, f"{describe(source)} row {i}", stem, problem_key, answer_key, answer_format)
+            for i, row in enumerate(rows)]
+
+
+_MISSING = object()
 
 
 def _lookup(row: dict[str, Any], key: str) -> Any:
@@ -96,51 +122,94 @@ def _lookup(row: dict[str, Any], key: str) -> Any:
     value: Any = row
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
-            return None
+            return _MISSING
         value = value[part]
     return value
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".jsonl":
-        with path.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        return data if isinstance(data, list) else data.get("data", [])
-    import pyarrow.parquet as pq  # optional: parquet users have pyarrow
-
-    return pq.read_table(path).to_pylist()
+def _id_stem(source: str | DatasetSpec) -> str:
+    """The prefix of generated ids (rows without an ``id`` column): the file's or dataset's name."""
+    if isinstance(source, str):
+        return source.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "row"
+    files = source.data_files
+    first = files if isinstance(files, str) else files[0] if isinstance(files, list) and files else None
+    return _id_stem(first or source.path.rstrip("/"))
 
 
-def _read_hub(name: str) -> list[dict[str, Any]]:
+def _prompt(row: dict[str, Any], index: int, where: str, stem: str, problem_key: str, answer_key: str,
+            answer_format: str) -> Prompt:
+    for key, option in ((problem_key, "problem_key"), (answer_key, "answer_key")):
+        value = _lookup(row, key)
+        if value is _MISSING:
+            raise ValueError(f"{where} has no field {key!r}; its fields are {sorted(row)} (set data.{option}; a "
+                             "dotted key such as reward_model.ground_truth reads a nested field)")
+        if value is None:
+            raise ValueError(f"{where}: {key!r} is null (data.{option})")
+    problem, messages = _problem(_lookup(row, problem_key), f"{where}: {problem_key!r}")
     try:
-        import datasets
-    except ImportError as error:
-        raise ValueError(
-            f"data source {name!r} is not a local .jsonl/.json/.parquet file or 'tiny:<split>', and the "
-            "optional 'datasets' package needed for Hugging Face hub datasets is not installed "
-            "(pip install 'rlvr[hub]')"
-        ) from error
-    repo, _, split = name.partition(":")
-    return list(datasets.load_dataset(repo, split=split or "train"))
+        answer = ANSWER_FORMATS[answer_format](str(_lookup(row, answer_key)))
+    except ValueError as error:
+        raise ValueError(f"{where}: {answer_key!r} is not in the data.answer_format {answer_format!r}: {error}"
+                         ) from None
+    identifier = row.get("id")
+    rest = {k: v for k, v in row.items() if k not in (problem_key, answer_key, "id")}
+    return Prompt(str(identifier) if identifier is not None else f"{stem}-{index}", problem, answer, rest, messages)
+
+
+def _problem(value: Any, where: str) -> tuple[str, list[dict[str, Any]] | None]:
+    """(problem text, chat messages or None) of a problem cell: text, or a list of {role, content}."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                and isinstance(m.get("content"), str) for m in value):
+            raise ValueError(f"{where} is a list, so it must be chat messages: a non-empty list of "
+                             f"{{role, content}} with string values (got {str(value)[:200]})")
+        messages = [dict(m) for m in value]
+        if not any(m["role"] == "user" for m in messages):
+            raise ValueError(f"{where} has no user message (roles: {[m['role'] for m in messages]})")
+        text = _last_user(messages)["content"]
+    elif isinstance(value, dict):
+        raise ValueError(f"{where} is a mapping, not text or a list of {{role, content}} messages; a dotted key "
+                         f"reads a field inside it (its keys: {sorted(value)})")
+    else:
+        text, messages = str(value), None
+    if not text.strip():
+        raise ValueError(f"{where} is empty")
+    return text, messages
+
+
+def _last_user(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(m for m in reversed(messages) if m["role"] == "user")
 
 
 def render(prompt: Prompt, template: str, tokenizer) -> list[int]:
-    """Token ids of ``prompt`` under ``template`` (a name in :data:`TEMPLATES` or a ``{problem}`` format string)."""
+    """Token ids of ``prompt`` under ``template`` (a name in :data:`TEMPLATES` or a ``{problem}`` format string).
+
+    A text problem under 'plain' or a format string is tokenized as text. Everything else goes through the
+    model's chat template: a chat prompt's messages as the dataset gives them, a text problem as one user
+    message. The template then shapes the messages as it would a text problem, never twice: 'qwen-boxed'
+    adds its system prompt unless a system message is there already, 'r1' appends its instruction to the
+    last user message unless the message holds it already, a format string rewrites the last user message,
+    and 'plain' and 'chat' leave them as they are.
+    """
     check_template(template)
-    if template == "plain":
+    if prompt.messages is None and template == "plain":
         return tokenizer(prompt.problem, add_special_tokens=False).input_ids
-    if template not in TEMPLATES:
+    if prompt.messages is None and template not in TEMPLATES:
         return tokenizer(template.format(problem=prompt.problem), add_special_tokens=False).input_ids
     if getattr(tokenizer, "chat_template", None) is None:
+        if prompt.messages is not None:
+            raise ValueError(f"prompt {prompt.id!r} is chat messages, which need the model's chat template, and "
+                             "this tokenizer has none (a base model?); use a text problem column")
         raise ValueError(f"prompt template {template!r} needs the model's chat template, and this tokenizer has "
                          "none (a base model?); use 'plain' or a '{problem}' format string")
-    messages = [{"role": "user", "content": prompt.problem}]
-    if template == "qwen-boxed":
+    messages = [dict(m) for m in prompt.messages or [{"role": "user", "content": prompt.problem}]]
+    user = _last_user(messages)
+    if template == "qwen-boxed" and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": QWEN_BOXED_SYSTEM})
-    elif template == "r1":
-        messages[0]["content"] = f"{prompt.problem}\n{QWEN_BOXED_SYSTEM}"
+    elif template == "r1" and QWEN_BOXED_SYSTEM not in user["content"]:
+        user["content"] = f"{user['content']}\n{QWEN_BOXED_SYSTEM}"
+    elif template not in TEMPLATES:
+        user["content"] = template.format(problem=user["content"])
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 

@@ -5,8 +5,8 @@
 1. from a data directory (``--data-dir``, else ``$RLVR_DATA_DIR``): the JSON Lines file named in
    :data:`BENCHMARKS` (``math500.jsonl``...), one problem per line with ``id``, ``problem``, ``answer`` and
    any other fields (``subject``, ``level``...): the format of the project's ``shared/data``;
-2. else from the Hugging Face hub dataset users know (``HuggingFaceH4/MATH-500``...), read with the
-   optional ``datasets`` package and mapped to the same fields.
+2. else from the Hugging Face hub dataset users know (``HuggingFaceH4/MATH-500``...), read with
+   ``datasets`` and mapped to the same fields.
 
 Any other benchmark is a path to a ``.jsonl``/``.json``/``.parquet`` file of that format, named by its stem.
 :func:`check_names` validates a list of names without reading anything, so a bad recipe or command line
@@ -22,17 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.data.prompts import Prompt, load_prompts
+from rlvr.data.prompts import Prompt, gsm8k_answer, load_prompts
+from rlvr.data.sources import FILE_SUFFIXES, DatasetSpec, read_rows
 
 log = logging.getLogger("rlvr")
 
 DATA_DIR_ENV = "RLVR_DATA_DIR"
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-def _gsm8k_answer(text: str) -> str:
-    """GSM8K's answer field is the worked solution ending in ``#### 72``; the gold is what follows ``####``."""
-    return text.rsplit("####", 1)[-1].strip()
 
 
 def _integer_valued(value: Any) -> str:
@@ -72,7 +67,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("aime25", "aime25.jsonl", "math-ai/aime25", "test", hub_id="id"),
         Benchmark("amc23", "amc23.jsonl", "math-ai/amc23", "test", hub_problem="question", hub_id="id"),
         Benchmark("gsm8k", "gsm8k_test.jsonl", "openai/gsm8k", "test", hub_config="main", hub_problem="question",
-                  id_prefix="gsm8k-test", hub_answer_map=_gsm8k_answer),  # the ids of the local copy
+                  id_prefix="gsm8k-test", hub_answer_map=gsm8k_answer),  # the ids of the local copy
     )
 }
 
@@ -138,16 +133,9 @@ def _hub_rows(benchmark: Benchmark, directory: Path | None) -> list[dict[str, An
     where = (f"put {benchmark.file} in the data directory ({directory})" if directory is not None else
              f"pass --data-dir (or set ${DATA_DIR_ENV}) to a directory holding {benchmark.file}")
     try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"benchmark {benchmark.name!r}: loading {benchmark.hub} from the Hugging Face hub needs the "
-                         f"optional 'datasets' package (pip install 'rlvr[hub]'); or {where}") from None
-    try:
-        table = datasets.load_dataset(benchmark.hub, benchmark.hub_config, split=benchmark.hub_split)
-    except Exception as error:
-        raise ValueError(f"benchmark {benchmark.name!r}: cannot load {benchmark.hub} from the Hugging Face hub "
-                         f"({type(error).__name__}: {error}); {where}") from error
-    return list(table)
+        return read_rows(DatasetSpec(path=benchmark.hub, name=benchmark.hub_config, split=benchmark.hub_split))
+    except ValueError as error:
+        raise ValueError(f"benchmark {benchmark.name!r}: {error} (from the Hugging Face hub); or {where}") from None
 
 
 def load_benchmarks(names: list[str], data_dir: str | os.PathLike | None = None,

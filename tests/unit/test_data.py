@@ -1,11 +1,15 @@
-"""The tiny task's splits and the prompt stream's order and checkpointable position."""
+"""The tiny task's splits, the prompt stream's order and checkpointable position, and how dataset rows
+become prompts: nested keys, GSM8K answers, chat-message prompts, bad rows, dataset specs in a recipe."""
 
 import json
 import random
 
 import pytest
 
-from rlvr.data.prompts import PromptStream, load_prompts
+from rlvr.config import RecipeError, build_recipe, dump_recipe
+from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
+from rlvr.data.sources import DatasetSpec
+from tests.unit.test_eval_runner import _ChatTokenizer  # 'role: content' lines, text as code points
 from rlvr.data.tasks import arithmetic
 from rlvr.rewards.grading import grade
 
@@ -85,3 +89,157 @@ def test_hint_ladder_levels_reveal_more_of_the_answer():
     rng = random.Random(0)
     shown = {arithmetic.warmup_hint("-52", rng) for _ in range(500)}
     assert shown == {h for levels in ladder.values() for h in levels}
+
+
+def test_gsm8k_answers_are_extracted_from_the_worked_solutions_of_every_row():
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "gsm8k_train.jsonl"
+    if not path.exists():
+        pytest.skip(f"the shared data sets are not beside this checkout ({SHARED_DATA})")
+    with path.open() as f:  # not splitlines(): a problem holds a U+2028
+        rows = [json.loads(line) for line in f]
+    prompts = load_prompts(str(path), answer_key="solution", answer_format="gsm8k")
+    assert len(prompts) == len(rows) == 7473
+    assert [p.answer for p in prompts] == [row["answer"] for row in rows]
+    assert sum("," in p.answer for p in prompts) == 79  # thousands separators kept as written (data README)
+    assert [p.problem for p in prompts] == [row["problem"] for row in rows]
+    with pytest.raises(ValueError, match=r"row 0: 'answer' is not in the data.answer_format 'gsm8k': no '####"):
+        load_prompts(str(path), limit=1, answer_format="gsm8k")  # 'answer' holds the bare number already
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _verl_row(problem, answer, messages=None):
+    return {"data_source": "tiny", "prompt": messages or [{"role": "user", "content": problem}],
+            "reward_model": {"style": "rule", "ground_truth": answer}, "extra_info": {"index": 0}}
+
+
+def test_chat_message_prompts_keep_their_messages_and_the_last_user_text(tmp_path):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="},
+                {"role": "assistant", "content": "2"}, {"role": "user", "content": "2+2="}]
+    path = _write_jsonl(tmp_path / "verl.jsonl", [_verl_row("", "4", messages)])
+    [prompt] = load_prompts(path, "prompt", "reward_model.ground_truth")
+    assert (prompt.problem, prompt.answer, prompt.messages) == ("2+2=", "4", messages)
+    assert prompt.fields["data_source"] == "tiny" and "prompt" not in prompt.fields
+    hinted = prompt.with_problem("hint|2+2=")  # Scaf-GRPO's hinted variant rewrites the last user message
+    assert hinted.problem == "hint|2+2=" and hinted.messages[-1]["content"] == "hint|2+2="
+    assert prompt.messages[-1]["content"] == "2+2="  # the original is untouched
+
+
+@pytest.mark.parametrize(("template", "system", "expected"), [
+    ("plain", False, "user: 2+2=\nassistant: "),  # messages go through the chat template as they are
+    ("chat", False, "user: 2+2=\nassistant: "),
+    ("qwen-boxed", False, "system: {i}\nuser: 2+2=\nassistant: "),
+    ("qwen-boxed", True, "system: Be brief.\nuser: 2+2=\nassistant: "),  # never a second system prompt
+    ("r1", False, "user: 2+2=\n{i}\nassistant: "),
+    ("Q: {problem}", False, "user: Q: 2+2=\nassistant: "),
+])
+def test_templates_shape_chat_prompts_without_doubling_them(template, system, expected):
+    from rlvr.data.prompts import QWEN_BOXED_SYSTEM
+
+    messages = [{"role": "system", "content": "Be brief."}] * system + [{"role": "user", "content": "2+2="}]
+    prompt = Prompt("x", "2+2=", "4", messages=messages)
+    text = "".join(chr(i) for i in render(prompt, template, _ChatTokenizer()))
+    assert text == expected.replace("{i}", QWEN_BOXED_SYSTEM)
+    r1 = Prompt("x", "2+2=", "4", messages=[{"role": "user", "content": f"2+2=\n{QWEN_BOXED_SYSTEM}"}])
+    assert "".join(chr(i) for i in render(r1, "r1", _ChatTokenizer())).count(QWEN_BOXED_SYSTEM) == 1
+    plain = _ChatTokenizer()
+    plain.chat_template = None
+    with pytest.raises(ValueError, match="prompt 'x' is chat messages, which need the model's chat template"):
+        render(prompt, template, plain)
+
+
+@pytest.mark.parametrize(("row", "keys", "message"), [
+    ({"problem": "1+1=", "answer": None}, (), r"row 1: 'answer' is null \(data.answer_key\)"),
+    ({"question": "1+1=", "answer": "2"}, (), r"row 1 has no field 'problem'; its fields are \['answer', 'question'\]"),
+    ({"problem": "  ", "answer": "2"}, (), r"row 1: 'problem' is empty"),
+    (_verl_row("", "2", [{"role": "user"}]), ("prompt", "reward_model.ground_truth"),
+     r"row 1: 'prompt' is a list, so it must be chat messages: a non-empty list of \{role, content\}"),
+    (_verl_row("", "2", [{"role": "system", "content": "hi"}]), ("prompt", "reward_model.ground_truth"),
+     r"row 1: 'prompt' has no user message \(roles: \['system'\]\)"),
+    ({"problem": {"text": "1+1="}, "answer": "2"}, (),
+     r"row 1: 'problem' is a mapping, not text .* a dotted key reads a field inside it \(its keys: \['text'\]\)"),
+])
+def test_bad_rows_name_the_source_the_row_and_what_is_wrong(tmp_path, row, keys, message):
+    good = _verl_row("1+1=", "2") | {"problem": "1+1=", "answer": "2"}
+    path = _write_jsonl(tmp_path / "bad.jsonl", [good, row])
+    with pytest.raises(ValueError, match=f"dataset '{path}' " + message):
+        load_prompts(path, *keys)
+
+
+def test_dataset_specs_in_a_recipe_are_validated_at_load_and_round_trip():
+    spec = {"path": "parquet", "data_files": "train.parquet", "split": "train"}
+    recipe = build_recipe({"data": {"train": spec, "heldout": "tiny:heldout"}})
+    assert recipe.data.train == DatasetSpec(path="parquet", data_files="train.parquet", split="train")
+    assert str(recipe.data.train) == "{path: parquet, split: train, data_files: train.parquet}"
+    assert build_recipe({}, ["data.heldout={path: openai/gsm8k, name: main, split: test}"]).data.heldout.name == "main"
+    import yaml
+
+    assert build_recipe(yaml.safe_load(dump_recipe(recipe))).data == recipe.data
+    for value, message in [
+        ({"path": "parquet", "data_file": "x"}, "data.train: dataset spec .* unknown key 'data_file'; a spec has "
+                                                "the keys path, name, split, data_files"),
+        ({"split": "train"}, "data.train: dataset spec .* 'path' is missing"),
+        ([1], "data.train: a source is a string"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            build_recipe({"data": {"train": value}})
+    with pytest.raises(RecipeError, match="data.answer_format: Input should be 'raw' or 'gsm8k'"):
+        build_recipe({}, ["data.answer_format=boxed"])
+
+
+def test_a_missing_package_is_named_with_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    import datasets
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "__import__", no_datasets)
+        with pytest.raises(ValueError, match=r"reading dataset \{path: parquet.*needs the 'datasets' package: pip"):
+            load_prompts({"path": "parquet", "data_files": "x.parquet"})
+
+    def missing_codec(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'zstandard'", name="zstandard")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing_codec)
+    with pytest.raises(ValueError, match="needs the package 'zstandard', which is not installed: pip install zsta"):
+        load_prompts({"path": "json", "data_files": "x.jsonl.zst"})
+
+
+def test_an_unreadable_spec_names_itself(tmp_path):
+    with pytest.raises(ValueError, match=r"could not read dataset \{path: parquet, data_files: .*nope.parquet\}"):
+        load_prompts({"path": "parquet", "data_files": str(tmp_path / "nope.parquet")})
+    with pytest.raises(ValueError, match=r"could not read dataset \{path: rlvr-tests/no-such-dataset, split: test\}"):
+        load_prompts("rlvr-tests/no-such-dataset:test")  # offline or not, on no machine's cache
+
+
+def test_spec_mistakes_name_the_spec_and_the_fix(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    table = datasets.Dataset.from_list([{"problem": "1+1=", "answer": "2"}, {"problem": "", "answer": "3"}])
+    table.save_to_disk(tmp_path / "one")
+    datasets.DatasetDict({"train": table, "test": table}).save_to_disk(tmp_path / "two")
+    table.to_json(tmp_path / "rows.jsonl")
+    with pytest.raises(ValueError, match=r"dataset \{path: .*one, split: train\}: the saved dataset is one table "
+                                         r"\(split None\), not a DatasetDict with a 'train' split; leave split out"):
+        load_prompts({"path": str(tmp_path / "one"), "split": "train"})
+    with pytest.raises(ValueError, match="was written by save_to_disk, so name and data_files do not apply"):
+        load_prompts({"path": str(tmp_path / "one"), "name": "main"})
+    with pytest.raises(ValueError, match=r"dataset \{path: .*two, split: dev\} has no split 'dev'; its splits are "
+                                         "train, test"):
+        load_prompts({"path": str(tmp_path / "two"), "split": "dev"})
+    with pytest.raises(ValueError, match=r"^dataset \{path: json, data_files: .*rows.jsonl\} row 1: 'problem' is empty"):
+        load_prompts({"path": "json", "data_files": str(tmp_path / "rows.jsonl")})
+    assert [p.id for p in load_prompts({"path": str(tmp_path / "two"), "split": "test"}, limit=1)] == ["two-0"]

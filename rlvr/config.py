@@ -122,6 +122,10 @@ class RolloutConfig(Section):
                                       "KV-cache memory.")
     enable_prefix_caching: bool = Field(True, description="vLLM only. Reuse the KV cache of a prompt across its n "
                                         "samples (a group is n requests of one prompt).")
+    kv_cache_gb: float | None = Field(None, gt=0.0, description="vLLM only. KV cache size in GiB. Default: on GPUs "
+                                      "what gpu_memory_utilization leaves after the weights; with vLLM's CPU build "
+                                      "1 GiB (what VLLM_CPU_KVCACHE_SPACE sets; SmolLM2-135M in float32 holds "
+                                      "about 23k tokens in it).")
     early_rejection: EarlyRejectionConfig = Field(
         EarlyRejectionConfig(), description="Oversample, score partial responses with a PRM at tau tokens, "
         "finish only the best rollout.n per prompt (off unless early_rejection.scorer is set).")
@@ -347,10 +351,6 @@ class Recipe(Section):
                 raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} applies to "
                                  "rollout.engine 'vllm' only; the Hugging Face engine runs on one device")
             return
-        if self.learner.backend != "deepspeed":
-            raise ValueError("rollout.engine 'vllm' trains with learner.backend deepspeed: the torch learner is one "
-                             "CPU process and cannot feed GPU engines; set learner.backend=deepspeed "
-                             "(learner.num_ranks 1 is a single GPU)")
         if not split and rollout.tensor_parallel_size != 1:
             raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} needs placement.mode "
                              "split; colocated vLLM engines are one per learner rank, on that rank's GPU "

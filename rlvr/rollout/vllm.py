@@ -287,9 +287,16 @@ class WorkerExtension:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
+        tensors = tensors_from_chunk(chunk)
+        # A tied embedding crosses once (rlvr.workers.weights.tensor_arrays); the layerwise reload rebuilds the LM
+        # head apart from the embedding, so it gets the same tensor here, inside the worker, at no transfer cost.
+        if getattr(self.vllm_config.model_config.hf_text_config, "tie_word_embeddings", False):
+            names = {name for name, _ in tensors}
+            tensors += [("lm_head.weight", tensor) for name, tensor in tensors
+                        if name.endswith("embed_tokens.weight") and "lm_head.weight" not in names]
         # A chunk holds part of the checkpoint: multi-token-prediction heads must not demand all of theirs.
         with set_current_vllm_config(self.vllm_config), disable_mtp_completeness_check():
-            loaded = self.model_runner.get_model().load_weights(tensors_from_chunk(chunk))
+            loaded = self.model_runner.get_model().load_weights(tensors)
         self._rlvr_loaded.update(loaded or ())
 
     def rlvr_device_uuid(self) -> str:
@@ -320,6 +327,14 @@ class WorkerExtension:
         if model_config.quantization is not None:  # quantized parameters differ from checkpoint tensors
             return []
         return sorted(self._rlvr_expected - self._rlvr_loaded)
+
+
+def context_length(model_dir: str) -> int:
+    """The model's own context limit (what vLLM takes as ``max_model_len`` when none is given)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return int(getattr(config, "max_position_embeddings", 0) or 8192)
 
 
 class VLLMEngine:
@@ -360,6 +375,12 @@ class VLLMEngine:
                                  "loads host arrays through load_weights")
             enable_sleep_mode = False
             kv_cache_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
+            # vLLM 0.32's CPU build dies ("CPU Generator does not use offset", gpu_model_runner.py:
+            # _bookkeeping_sync) when a seeded request's prefill is cut into chunks: prefill whole prompts.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
+            if not llm_kwargs["enable_chunked_prefill"]:
+                longest = max_model_len or context_length(resolve_model_path(model_path))
+                llm_kwargs.setdefault("max_num_batched_tokens", max(8192, longest))
         if kv_cache_gb is not None:
             llm_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
         self.weight_transfer = weight_transfer

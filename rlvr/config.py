@@ -30,7 +30,11 @@ class ModelConfig(Section):
     path: str = Field("tiny", description="'tiny' (the embedded model, built locally), a local Hugging Face "
                       "model directory, or a hub id such as Qwen/Qwen2.5-Math-1.5B.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of learner and rollout.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute each layer's activations in backward instead of keeping them (about a third "
+        "more compute; a micro-batch keeps only each layer's input, SmolLM2-135M 0.08 MB per token instead of "
+        "1.7 MB, docs/memory.md). Default: on, except for the embedded tiny model, whose activations are small "
+        "next to the cost of recomputing them.")
     trust_remote_code: bool = False
 
 

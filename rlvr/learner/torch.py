@@ -8,7 +8,6 @@ fp32 logits tensor.
 
 from __future__ import annotations
 
-import resource
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from torch import Tensor
 from rlvr.algos.base import ADDITIVE_METRICS, Algorithm, LossInputs
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
+from rlvr.learner.memory import (learner_memory, learner_phase, peak_resident_bytes, resident_bytes, tensor_bytes,
+                                 transient_memory)
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
 from rlvr.workers.weights import digest, named_arrays
@@ -36,8 +37,10 @@ class TorchLearner:
         if algorithm.needs_reference:
             self.reference = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
             self.reference.requires_grad_(False).eval()
+        # fused: one kernel per parameter, without the unfused step's temporaries (two of the largest parameter's
+        # size at once: 226 MB for SmolLM2's tied embedding, beside the gradients; docs/memory.md).
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
         )
         self.scheduler = linear_warmup(self.optimizer, cfg.warmup_steps)
         self.temperature = recipe.rollout.temperature
@@ -91,6 +94,7 @@ class TorchLearner:
             for key, value in self.algorithm.on_optimizer_step().items():
                 sums[key] += value
         # else: a non-finite gradient would poison the weights; the step is skipped and counted
+        self.optimizer.zero_grad(set_to_none=True)  # no gradients held through generation (a model's size)
         self.scheduler.step()
         return float(norm), applied
 
@@ -112,6 +116,35 @@ class TorchLearner:
 
     def digest(self) -> str:
         return digest(self.model)
+
+    def memory_report(self, batch: RolloutBatch | None = None) -> dict[str, int]:
+        """Where this process's memory goes (docs/memory.md), in bytes: the learner's tensors and the resident
+        set (:func:`rlvr.learner.memory.learner_memory`); with ``batch``, also the peak that a log-prob pass over it
+        adds, and for one forward and backward of its largest micro-batch the activations kept after the forward,
+        the gradients and the peak added. Changes no weight and leaves no gradient behind (the next optimizer step
+        starts from none either way)."""
+        report = learner_memory(self.model, self.optimizer, self.reference)
+        if batch is None:
+            return report
+        self.optimizer.zero_grad(set_to_none=True)
+        micros = [batch.select(rows).trimmed() for rows in chunks(len(batch), self.recipe.learner.micro_batch_size)]
+        largest = max(micros, key=lambda m: m.prompt_tokens.numel() + m.response_tokens.numel())
+        report["micro_batch_rows"] = len(largest)
+        report["micro_batch_tokens"] = largest.prompt_tokens.numel() + largest.response_tokens.numel()
+        with learner_phase():  # allocated as the learner's phases allocate (measured outside, the heap would differ)
+            with transient_memory() as logprob_pass:
+                self.logprobs(batch)
+            with transient_memory() as step:
+                logp, _ = self._forward(self.model, largest, with_entropy=self.algorithm.needs_entropy)
+                report["activations"] = resident_bytes() - step["start"]
+                (logp * largest.response_mask).sum().backward()  # a stand-in loss: the graph is the real one's
+                del logp
+            gradients = tensor_bytes(p.grad for p in self.model.parameters())
+            self.optimizer.zero_grad(set_to_none=True)
+        report["logprob_pass"] = logprob_pass["peak"]
+        report["update_gradients"] = gradients
+        report["update_peak"] = step["peak"]  # gradients, activations and the backward's transients at the worst moment
+        return report
 
     def save(self, directory: str) -> None:
         """Model in Hugging Face format, optimizer, scheduler and the algorithm's learner-side state."""
@@ -179,10 +212,14 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
 
 
 def peak_memory_bytes() -> int:
-    """Peak memory of this process: CUDA allocator peak on a GPU, peak resident set size on a CPU."""
+    """Peak memory of this process since the previous call (so each step reports its own): the CUDA allocator's
+    peak on a GPU, the peak resident set on a CPU (:func:`rlvr.learner.memory.peak_resident_bytes`; the lifetime
+    peak where the kernel's high-water mark cannot be reset)."""
     if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        peak = int(torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    return peak_resident_bytes(reset=True)
 
 
 def optimizer_steps(batch: RolloutBatch, cfg, optimizer_step) -> tuple[dict[str, float], list[float], int]:

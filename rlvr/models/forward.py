@@ -29,7 +29,9 @@ def response_logprobs(
     ids = torch.cat([prompt_tokens, response_tokens], dim=1)
     attention = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
     positions = (attention.cumsum(1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-    hidden = model.base_model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
+    # use_cache=False: the model's config may ask for a KV cache, which a single pass would fill for nothing.
+    hidden = model.base_model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                              use_cache=False).last_hidden_state
     width = prompt_tokens.shape[1]
     # The hidden state at position p predicts token p+1: responses are predicted from P-1 .. P+T-2.
     hidden = hidden[:, width - 1 : width - 1 + response_tokens.shape[1]]

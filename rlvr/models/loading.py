@@ -122,7 +122,7 @@ def ensure_gguf_model(gguf: str | os.PathLike) -> Path:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if (Path(path) / "rlvr_tiny.json").exists():
+    if is_tiny_model(path):
         # transformers' auto classes may pick a tokenizer class that drops whitespace tokens.
         return PreTrainedTokenizerFast.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -131,14 +131,23 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False,
+def is_tiny_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (a resolved model directory) holds the embedded tiny model."""
+    return (Path(path) / "rlvr_tiny.json").exists()
+
+
+def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool | None = False,
                trust_remote_code: bool = False):
+    """The causal LM at ``path``; ``gradient_checkpointing`` None (``model.gradient_checkpointing``'s default) turns
+    it on for every model but the embedded tiny one."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
     )
+    if gradient_checkpointing is None:
+        gradient_checkpointing = not is_tiny_model(path)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -57,6 +57,7 @@ class HFEngine:
             top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
+            use_cache=True,  # a model that checkpoints its activations sets config.use_cache False for training
         )
         tokens = sequences[:, width:]
         # Each response ends at its first EOS (kept: the policy learns to stop); after it, padding.

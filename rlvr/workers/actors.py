@@ -21,6 +21,7 @@ import ray
 import torch
 
 from rlvr.batch import RolloutBatch
+from rlvr.learner.memory import learner_phase, release_free_memory
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.sync import BACKENDS
 
@@ -78,6 +79,7 @@ class _Sampler:
         memory_in_use = getattr(self.engine, "memory_in_use", None)
         if memory_in_use is not None:  # vLLM allocates in its own processes, outside this one's torch counters
             self.engine_memory = max(self.engine_memory, memory_in_use())
+        release_free_memory()  # the Hugging Face engine's KV cache, freed into the heap
         return completions
 
     def weights_digest(self) -> str:
@@ -86,11 +88,12 @@ class _Sampler:
         return digest(self.engine.model)
 
     def peak_memory(self) -> int:
-        """This process's peak (CUDA allocator, or resident set on a CPU), or the engine GPUs' memory in use after
-        a generation when that is more."""
+        """This process's peak since the previous call (CUDA allocator, or resident set on a CPU), or the engine
+        GPUs' memory in use after a generation since then when that is more."""
         from rlvr.learner.torch import peak_memory_bytes
 
-        return max(peak_memory_bytes(), self.engine_memory)
+        peak, self.engine_memory = max(peak_memory_bytes(), self.engine_memory), 0
+        return peak
 
     def close(self) -> None:
         """Stops the engine's own processes (vLLM's engine core and its workers) before the actor goes."""
@@ -133,11 +136,13 @@ class _Learning(_Sampler):
 
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor | None:
         self._engine_to_sleep()
-        return self.learner.logprobs(batch, reference)
+        with learner_phase():
+            return self.learner.logprobs(batch, reference)
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         self._engine_to_sleep()
-        return self.learner.update(batch)
+        with learner_phase():
+            return self.learner.update(batch)
 
     def _engine_to_sleep(self) -> None:
         """A colocated vLLM engine gives its GPU memory back (weights to host memory, KV cache freed) before the
@@ -160,6 +165,10 @@ class _Learning(_Sampler):
 
     def learner_digest(self) -> str:
         return self.learner.digest()
+
+    def memory_report(self, batch: RolloutBatch | None = None) -> dict[str, int]:
+        """The torch learner's :meth:`~rlvr.learner.torch.TorchLearner.memory_report` (scripts/bench_memory.py)."""
+        return self.learner.memory_report(batch)
 
     def save(self, directory: str) -> None:
         self.learner.save(directory)

@@ -87,7 +87,12 @@ def test_zero3_checkpoint_is_a_hugging_face_model_with_the_torch_learners_weight
     expected = AutoModelForCausalLM.from_pretrained(torch_dir / "checkpoints" / "step_2").state_dict()
     assert trained.keys() == expected.keys()
     for name, tensor in expected.items():
-        assert torch.allclose(trained[name], tensor, atol=1e-5), name
+        # Equal up to the order of float sums across ranks, which AdamW amplifies where a gradient is near zero
+        # (its update m / sqrt(v) is then about +-lr whatever the gradient's size): measured, 1 element in 16384
+        # off by 4.4e-5. A gathering fault (a missing or misplaced partition) moves whole rows by the weights' size.
+        off = ~torch.isclose(trained[name], tensor, rtol=0, atol=1e-5)
+        assert off.float().mean() <= 1e-3, (name, int(off.sum()))
+        assert (trained[name] - tensor).abs().max() <= 2 * 2 * SHARED["learner.lr"], name  # 2 steps of at most ~lr
     assert (zero3_dir / "checkpoints" / "step_2" / "deepspeed" / "state").is_dir()  # the optimizer partitions
 
 

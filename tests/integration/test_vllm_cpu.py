@@ -156,4 +156,5 @@ def test_rlvr_eval_with_the_vllm_engine_matches_the_hf_engine(tiny_model_dir, tm
     ours, theirs = (results[engine]["benchmarks"]["arithmetic"] for engine in ("vllm", "hf"))
     assert ours["num_problems"] == 16 and ours["counts"]["samples"] == 32
     assert results["vllm"]["greedy_responses"] == results["hf"]["greedy_responses"]
-    assert ours["greedy"] == theirs["greedy"] > 0
+    assert ours["greedy"] == theirs["greedy"]  # the session's tiny model is barely trained: both may be 0
+    assert ours["counts"]["grader_errors"] == theirs["counts"]["grader_errors"] == 0

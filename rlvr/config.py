@@ -201,7 +201,9 @@ class LearnerConfig(Section):
     micro_batch_size: int = Field(64, ge=1, description="Rows per forward/backward (gradient accumulation).")
     epochs: int = Field(1, ge=1, description="Passes over the step batch (PPO epochs).")
     recompute_old_logprobs: bool = Field(True, description="Recompute the behaviour log-probs with the learner "
-                                         "(verl); false: use the rollout engine's.")
+                                         "(verl); false: use the rollout engine's. With one optimizer step per "
+                                         "rollout (epochs 1, no smaller mini-batch) they come from the update's "
+                                         "own forward, without a pass of their own (TRL's GRPO, one iteration).")
 
 
 class PlacementConfig(Section):
@@ -229,6 +231,8 @@ class TrainerConfig(Section):
     keep_checkpoints: int | None = Field(None, ge=1, description="Keep the last K checkpoints (default: all).")
     heldout_temperature: float = Field(1.0, ge=0.0, description="Held-out sampling temperature (one sample "
                                        "per problem) for heldout/accuracy; 0: greedy.")
+    heldout_every: int = Field(0, ge=0, description="Also measure held-out accuracy every K steps, for a curve "
+                               "(verl: test_freq); 0: only before the first step and after the last.")
     heldout_greedy: bool = Field(True, description="Also log greedy accuracy (heldout/accuracy_greedy).")
     heldout_max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
     progress: bool = Field(True, description="Show the live progress bar.")

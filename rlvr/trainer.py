@@ -42,7 +42,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             run.log({"step": 0, **run.heldout(), **run.evaluate(0)})
         for step in range(run.step + 1, recipe.trainer.total_steps + 1):
             row = run.train_step(step)
-            if step == recipe.trainer.total_steps:
+            every = recipe.trainer.heldout_every
+            if step == recipe.trainer.total_steps or (every and step % every == 0):
                 row.update(run.heldout())
             row.update(run.evaluate(step))
             run.log(row)
@@ -148,11 +149,23 @@ class Trainer:
         """The behaviour log-probs (recomputed, or the engine's) and, when the algorithm has a KL term, the
         reference's, into ``batch``."""
         with timer("old_logprob"):
-            batch.old_logprobs = (self.workers.logprobs(batch) if self.recipe.learner.recompute_old_logprobs
-                                  else batch.rollout_logprobs)
+            if not self.recipe.learner.recompute_old_logprobs:
+                batch.old_logprobs = batch.rollout_logprobs
+            elif self.needs_old_logprob_pass(batch):
+                batch.old_logprobs = self.workers.logprobs(batch)
         with timer("ref"):
             if self.algorithm.needs_reference:
                 batch.ref_logprobs = self.workers.logprobs(batch, reference=True)
+
+    def needs_old_logprob_pass(self, batch: RolloutBatch) -> bool:
+        """Whether the behaviour log-probs need a learner pass of their own. With one optimizer step per rollout
+        (one epoch, no smaller mini-batches) the update's forward runs on the very weights that the old log-probs
+        would be recomputed with, so the learner takes them from that forward (detached: ratio 1, as TRL's GRPO
+        does with one iteration) and the pass is skipped (``time/old_logprob`` ~0). The KL in the reward and
+        truncated importance sampling read them before the update, so they keep the pass."""
+        cfg, algo = self.recipe.learner, self.algorithm
+        single_update = cfg.epochs == 1 and (cfg.mini_batch_size is None or cfg.mini_batch_size >= len(batch))
+        return not single_update or algo.needs_reference_before_advantages or algo.needs_rollout_logprobs
 
     def learn(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, float]:
         """The learner's part of a step with signal: log-probs (unless the advantages needed them first),

@@ -1,7 +1,8 @@
-"""Time the tiny recipe end to end, per placement: model build, held-out accuracy before and after, and the
-median time of every phase of a step. Prints a table and writes JSON.
+"""Time the tiny recipe end to end, per rollout engine and placement: model build, held-out accuracy before and
+after, and the median time of every phase of a step. Prints a table and writes JSON.
 
-    python scripts/bench_tiny_train.py                       # both placements, the recipe's 200 steps
+    python scripts/bench_tiny_train.py                       # HF engine, both placements, the recipe's 200 steps
+    python scripts/bench_tiny_train.py --engines hf,vllm     # vLLM (its CPU build here) beside the HF engine
     python scripts/bench_tiny_train.py --steps 50 --modes colocated --fresh-cache
 
 ``--fresh-cache`` builds the tiny model into an empty cache first (the "nothing cached" case) and
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(REPO / "recipes/tiny/grpo.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's trainer.total_steps")
     parser.add_argument("--modes", default="colocated,split")
+    parser.add_argument("--engines", default="hf", help="rollout.engine values, comma-separated: hf, vllm")
     parser.add_argument("--fresh-cache", action="store_true")
     parser.add_argument("--json", default="bench_tiny_train.json")
     args = parser.parse_args()
@@ -43,16 +45,19 @@ def main() -> None:
 
     import rlvr
 
-    for mode in args.modes.split(","):
-        overrides = [f"placement.mode={mode}", f"trainer.output_dir={work / mode}", "trainer.progress=false"]
+    runs = [(engine, mode) for engine in args.engines.split(",") for mode in args.modes.split(",")]
+    for engine, mode in runs:
+        name = f"{engine}/{mode}"
+        overrides = [f"rollout.engine={engine}", f"placement.mode={mode}", f"trainer.output_dir={work / name}",
+                     "trainer.progress=false"]
         if args.steps:
             overrides.append(f"trainer.total_steps={args.steps}")
         started = time.perf_counter()
         summary = rlvr.train(args.recipe, overrides)
         wall = time.perf_counter() - started
-        rows = [json.loads(line) for line in (work / mode / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines()]
         steps = [row for row in rows if row["step"] > 0]
-        results[mode] = {
+        results[name] = {
             "wall_s": wall,
             "steps": len(steps),
             "heldout_before": summary.get("heldout_before"),
@@ -66,11 +71,11 @@ def main() -> None:
         }
 
     print(f"tiny model build: {build_s:.1f}s ({'fresh cache' if args.fresh_cache else 'cached if built before'})")
-    header = f"{'mode':10s} {'steps':>5s} {'wall s':>7s} {'held-out':>15s} {'greedy':>15s} " + " ".join(
+    header = f"{'engine/mode':15s} {'steps':>5s} {'wall s':>7s} {'held-out':>15s} {'greedy':>15s} " + " ".join(
         f"{p:>11s}" for p in PHASES) + f" {'tok/s':>7s} {'peak MiB':>8s}"
     print(header)
-    for mode, r in results.items():
-        print(f"{mode:10s} {r['steps']:5d} {r['wall_s']:7.1f} "
+    for name, r in results.items():
+        print(f"{name:15s} {r['steps']:5d} {r['wall_s']:7.1f} "
               f"{r['heldout_before']:6.1%} -> {r['heldout_after']:6.1%} "
               f"{r['heldout_greedy_before']:6.1%} -> {r['heldout_greedy_after']:6.1%} "
               + " ".join(f"{r[f'median_{p}_s']:11.3f}" for p in PHASES)

@@ -79,6 +79,29 @@ def test_update_moves_logprobs_in_the_direction_of_the_advantage(tiny_model_dir)
         assert torch.isfinite(torch.tensor(metrics[key])), key
 
 
+def test_one_update_per_rollout_needs_no_old_logprob_pass(tiny_model_dir):
+    """With a single optimizer step the behaviour log-probs are the update's own forward, detached: the weights
+    it reaches equal those reached with a separate recomputation pass (which the trainer then skips)."""
+    torch.manual_seed(0)
+    _, learner, tokenizer, engine = _setup(tiny_model_dir)
+    batch, _ = _batch(tokenizer, engine, SamplingParams(max_new_tokens=8, seed=1), count=16, n=1)
+    batch.advantages = torch.tensor([1.0, -1.0] * (len(batch) // 2))
+    start = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    batch.old_logprobs = learner.logprobs(batch)
+    recomputed = learner.update(batch)
+    with_pass = {k: v.clone() for k, v in learner.model.state_dict().items()}
+
+    _, learner, _, _ = _setup(tiny_model_dir)  # the same start, a fresh optimizer
+    assert all(torch.equal(start[k], v) for k, v in learner.model.state_dict().items())
+    batch.old_logprobs = None
+    own = learner.update(batch)
+    moved = max((with_pass[k] - start[k]).abs().max().item() for k in start)
+    differ = max((v - with_pass[k]).abs().max().item() for k, v in learner.model.state_dict().items())
+    assert moved > 1e-4 and differ < 1e-6
+    assert own["actor/pg_loss"] == pytest.approx(recomputed["actor/pg_loss"], abs=1e-6)
+    assert own["actor/ratio_mean"] == 1.0
+
+
 def test_bf16_parameters_train_too(tiny_model_dir):
     torch.manual_seed(0)
     _, learner, tokenizer, engine = _setup(tiny_model_dir, **{"model.dtype": "bfloat16"})

@@ -72,6 +72,21 @@ def test_run_directory_holds_config_metrics_and_an_hf_checkpoint(tiny_model_dir,
         train(recipe)  # never silently overwrite a run
 
 
+def test_heldout_every_gives_a_curve_and_one_update_skips_the_old_logprob_pass(tiny_model_dir, ray_session,
+                                                                                tmp_path):
+    recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{"trainer.total_steps": 3,
+                                                                          "trainer.heldout_every": 2,
+                                                                          "data.heldout_size": 8}))
+    summary = train(recipe)
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if "heldout/accuracy" in r] == [0, 2, 3]
+    assert summary["heldout_after"] == rows[-1]["heldout/accuracy"]
+    trained = [r for r in rows[1:] if r["train/skipped_no_signal"] == 0]
+    assert trained, "by_length gives every group varying rewards"
+    for row in trained:  # one optimizer step per rollout: the update's forward gives the old log-probs
+        assert row["time/old_logprob"] < 0.01 and row["time/update"] > 0
+
+
 def test_rollout_logprobs_can_stand_in_for_the_recomputed_ones(tiny_model_dir, ray_session, tmp_path):
     recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{"learner.recompute_old_logprobs": False}))
     train(recipe)

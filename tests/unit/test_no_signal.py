@@ -108,3 +108,23 @@ def test_has_signal_ignores_padding():
     assert not has_signal(torch.tensor([[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]]), mask)  # on padding only
     assert has_signal(torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 0.0]]), mask)
     assert has_signal(torch.tensor([float("nan"), 0.0]), mask)
+
+
+@pytest.mark.parametrize("overrides, separate_pass", [
+    ([], False),  # one optimizer step per rollout: the update's forward gives the old log-probs
+    (["learner.mini_batch_size=64"], False),  # not smaller than the batch: still one step
+    (["learner.epochs=2"], True),
+    (["learner.mini_batch_size=4"], True),
+    (["algorithm.kl_coef=0.01", "algorithm.kl_in=reward"], True),  # the KL in the reward reads them first
+    (["algorithm.tis_cap=2.0"], True),  # importance weights compare them with the engine's
+])
+def test_the_old_logprob_pass_runs_only_when_a_later_step_or_the_driver_needs_it(overrides, separate_pass):
+    from types import SimpleNamespace
+
+    from rlvr.config import build_recipe
+    from rlvr.trainer import Trainer
+
+    recipe = build_recipe({}, ["model.path=tiny", *overrides])
+    batch = _batch([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0, 1, 1, 1, 1])
+    trainer = SimpleNamespace(recipe=recipe, algorithm=algos.from_recipe(recipe))
+    assert Trainer.needs_old_logprob_pass(trainer, batch) is separate_pass

@@ -1,4 +1,5 @@
-"""The cheap checks: string, multiple-choice, base-subscript, word and number comparisons, tried in order.
+"""The cheap checks: string, multiple-choice, base-subscript, word, unevaluated-arithmetic and number
+comparisons, tried in order.
 
 Each takes the answer and the gold as :class:`Side` and returns True or False when it decides, None to pass
 to the next one; :mod:`.equivalence` runs :data:`CHEAP_CHECKS` and falls back to math-verify only when none
@@ -107,6 +108,26 @@ def _same_words(answer: Side, gold: Side) -> bool | None:
     return None
 
 
+# Only number literals, brackets and arithmetic: 38+41, 2\cdot(3+4), 2^{10}, \frac{1}{2}+1.
+_ARITHMETIC = re.compile(r"(?:[\d.+\-*/^()\[\]{}×÷]|\\(?:times|cdot|div|frac|dfrac|tfrac|left|right))+")
+_BINARY_OPERATOR = re.compile(r"[\d.)\]}]\s*(?:[+\-*/^×÷]|\\(?:times|cdot|div))")
+
+
+def _unevaluated_arithmetic(answer: Side, gold: Side) -> bool | None:
+    """A number gold against arithmetic on number literals (``38+41`` for 79, ``2^{10}`` for 1024): wrong.
+
+    The question asked for the value; a response that restates the problem (or leaves the sum undone) has not
+    answered it, though the two are equal in value. Without this check math-verify accepts them, and a policy
+    trained on an arithmetic task learns to copy the question (SmolLM2-135M did, in 10 GRPO steps). Plain
+    number forms (``1/2``, ``\frac{1}{2}``, ``1.5\times10^{3}``, ``-21``) are not arithmetic here."""
+    if compare_numbers(gold.squeezed, gold.squeezed) is None or compare_numbers(answer.squeezed,
+                                                                                  answer.squeezed) is not None:
+        return None
+    if _ARITHMETIC.fullmatch(answer.squeezed) and _BINARY_OPERATOR.search(answer.squeezed):
+        return False
+    return None
+
+
 def _same_numbers(answer: Side, gold: Side) -> bool | None:
     """Plain numbers (percent, scientific notation, mixed numbers) or groups of them, decided exactly."""
     return compare_numbers(answer.squeezed, gold.squeezed)
@@ -118,5 +139,6 @@ CHEAP_CHECKS: tuple[Callable[[Side, Side], bool | None], ...] = (
     _same_choice,
     _same_base_number,
     _same_words,
+    _unevaluated_arithmetic,
     _same_numbers,
 )

@@ -32,7 +32,8 @@ def worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     engine_args = argparse.Namespace(model=args.model, engine=args.worker, dtype=args.dtype, batch_size=args.batch_size,
                                      tensor_parallel_size=1, gpu_memory_utilization=0.5, max_model_len=None,
-                                     seed=0, kv_cache_gb=args.kv_cache_gb, trust_remote_code=False)
+                                     enforce_eager=False, seed=0, kv_cache_gb=args.kv_cache_gb,
+                                     trust_remote_code=False)
     engine, tokenizer, described = _load_engine(engine_args)
     load_s = time.perf_counter() - started
     timing = {"generate_s": 0.0, "tokens": 0, "calls": 0}

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine: memory share")
     parser.add_argument("--max-model-len", type=int, default=None, help="vllm engine: context length")
+    parser.add_argument("--enforce-eager", action="store_true", help="vllm engine: no torch.compile or CUDA graphs "
+                        "(vLLM's enforce_eager): a faster start, slower decoding")
     parser.add_argument("--kv-cache-gb", type=float, default=None, help="vllm engine: KV cache in GiB (default: "
                         "what --gpu-memory-utilization leaves on a GPU; 1 with the CPU build)")
     parser.add_argument("--reward", default="math_answer", help="grader: a reward name or 'module:function' "
@@ -149,6 +151,7 @@ def _load_engine(args: argparse.Namespace):
         vllm_engine = VLLMEngine(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
                                  gpu_memory_utilization=args.gpu_memory_utilization,
                                  max_model_len=args.max_model_len, seed=args.seed, kv_cache_gb=args.kv_cache_gb,
+                                 enforce_eager=args.enforce_eager,
                                  trust_remote_code=args.trust_remote_code)
         where = "CPU build" if build == "cpu" else f"tensor parallel {args.tensor_parallel_size}"
         return vllm_engine, tokenizer, f"vllm ({where}), {dtype}"

@@ -40,9 +40,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     with Trainer(recipe, resume) as run:
         if run.step == 0:
             run.log({"step": 0, **run.heldout(), **run.evaluate(0)})
+        every = recipe.trainer.heldout_every
         for step in range(run.step + 1, recipe.trainer.total_steps + 1):
             row = run.train_step(step)
-            every = recipe.trainer.heldout_every
             if step == recipe.trainer.total_steps or (every and step % every == 0):
                 row.update(run.heldout())
             row.update(run.evaluate(step))

@@ -25,15 +25,16 @@ from pathlib import Path
 def worker(args: argparse.Namespace) -> None:
     """One engine: load it, evaluate greedily, write timings and the greedy responses as JSON."""
     from rlvr.eval.benchmarks import load_benchmarks
-    from rlvr.eval.command import _load_engine
+    from rlvr.eval.command import _load_engine, add_arguments
     from rlvr.eval.runner import EvalSettings, evaluate, read_samples
 
     out = Path(args.worker_output)
     started = time.perf_counter()
-    engine_args = argparse.Namespace(model=args.model, engine=args.worker, dtype=args.dtype, batch_size=args.batch_size,
-                                     tensor_parallel_size=1, gpu_memory_utilization=0.5, max_model_len=None,
-                                     enforce_eager=False, seed=0, kv_cache_gb=args.kv_cache_gb,
-                                     trust_remote_code=False)
+    eval_parser = argparse.ArgumentParser()
+    add_arguments(eval_parser)  # rlvr eval's own options and defaults
+    engine_args = eval_parser.parse_args(
+        ["--model", args.model, "--engine", args.worker, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+         "--output", str(out / "eval"), *(["--kv-cache-gb", str(args.kv_cache_gb)] if args.kv_cache_gb else [])])
     engine, tokenizer, described = _load_engine(engine_args)
     load_s = time.perf_counter() - started
     timing = {"generate_s": 0.0, "tokens": 0, "calls": 0}

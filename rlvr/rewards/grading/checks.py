@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rlvr.rewards.grading.numbers import compare_numbers
+from rlvr.rewards.grading.numbers import compare_numbers, number_value
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ def _unevaluated_arithmetic(answer: Side, gold: Side) -> bool | None:
     answered it, though the two are equal in value. Without this check math-verify accepts them, and a policy
     trained on an arithmetic task learns to copy the question (SmolLM2-135M did, in 10 GRPO steps). Plain
     number forms (``1/2``, ``\frac{1}{2}``, ``1.5\times10^{3}``, ``-21``) are not arithmetic here."""
-    if compare_numbers(gold.squeezed, gold.squeezed) is None or compare_numbers(answer.squeezed,
-                                                                                  answer.squeezed) is not None:
+    if number_value(gold.squeezed) is None or number_value(answer.squeezed) is not None:
         return None
     if _ARITHMETIC.fullmatch(answer.squeezed) and _BINARY_OPERATOR.search(answer.squeezed):
         return False

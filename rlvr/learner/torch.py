@@ -31,7 +31,7 @@ class TorchLearner:
         cfg = recipe.learner
         torch.manual_seed(recipe.trainer.seed)
         self.model = load_model(model_dir, recipe.model.dtype, recipe.model.gradient_checkpointing,
-                                recipe.model.trust_remote_code)
+                                recipe.model.trust_remote_code, recipe.model.tiled_mlp, recipe.model.tiled_mlp_tokens)
         self.model.train()
         self.reference = None
         if algorithm.needs_reference:

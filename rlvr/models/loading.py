@@ -152,7 +152,9 @@ def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool |
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if gradient_checkpointing if tiled_mlp is None else tiled_mlp:
+    if tiled_mlp is None:
+        tiled_mlp = gradient_checkpointing
+    if tiled_mlp:
         from rlvr.models.tiled_mlp import tile_gated_mlps
 
         tile_gated_mlps(model, tiled_mlp_tokens)

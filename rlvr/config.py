@@ -41,6 +41,12 @@ class ModelConfig(Section):
         "checkpointed update, SmolLM2-135M's 145 MiB at 3.8k tokens, becomes one block's. Default: on when "
         "gradient checkpointing is. Not under ZeRO-3, whose partitioned weights take the module's own forward.")
     tiled_mlp_tokens: int = Field(512, ge=1, description="Tokens per block of a tiled MLP's backward.")
+    checkpoint_tokens: int | None = Field(
+        1024, ge=1, description="With gradient checkpointing, the backward recomputes each layer on row blocks of at "
+        "most this many tokens (rows x padded width; at least one row; rlvr.models.checkpointing): the recompute "
+        "on top of all the gradients, SmolLM2-135M's ~115 MiB at 4k tokens, becomes a block's. null: the whole "
+        "micro-batch at once. Torch learner only: a block per gradient is more than ZeRO's once-per-backward "
+        "reduction allows.")
     trust_remote_code: bool = False
 
 

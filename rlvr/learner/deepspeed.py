@@ -171,9 +171,11 @@ class DeepSpeedLearner:
         # Not transformers' zero.Init loading: under bf16 it computes the rotary inv_freq with a bf16 arange,
         # which moved the tiny model's log-probs by up to 0.04 against the rollout engine's.
         # Tiled MLPs under ZeRO-2 (whole weights); ZeRO-3 gathers a weight only inside its own module's forward.
+        # No row blocks in the recompute (model.checkpoint_tokens): each block would hand a weight a gradient of its
+        # own within one backward, and ZeRO-1/2 reduce a parameter's gradient once per backward.
         tiled = recipe.model.tiled_mlp if self.stage < 3 else False
         self.model = load_model(model_dir, dtype, recipe.model.gradient_checkpointing, recipe.model.trust_remote_code,
-                                tiled, recipe.model.tiled_mlp_tokens)
+                                tiled, recipe.model.tiled_mlp_tokens, checkpoint_tokens=None)
         self.model.train()
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                       weight_decay=cfg.weight_decay)

@@ -22,6 +22,7 @@ from rlvr.learner.memory import (learner_memory, learner_phase, peak_resident_by
                                  transient_memory)
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
+from rlvr.models.tied_embedding import defer_tied_embedding_grad
 from rlvr.workers.weights import digest, named_arrays
 
 
@@ -31,8 +32,13 @@ class TorchLearner:
         cfg = recipe.learner
         torch.manual_seed(recipe.trainer.seed)
         self.model = load_model(model_dir, recipe.model.dtype, recipe.model.gradient_checkpointing,
-                                recipe.model.trust_remote_code, recipe.model.tiled_mlp, recipe.model.tiled_mlp_tokens)
+                                recipe.model.trust_remote_code, recipe.model.tiled_mlp, recipe.model.tiled_mlp_tokens,
+                                recipe.model.checkpoint_tokens)
         self.model.train()
+        # A tied embedding's lookup gradient added in place after each backward, not as a second [vocab x hidden]
+        # tensor at the update's peak (rlvr.models.tied_embedding); with checkpointing, rlvr's memory-saving mode.
+        self.tied_embedding = (defer_tied_embedding_grad(self.model) if self.model.is_gradient_checkpointing
+                               else None)
         self.reference = None
         if algorithm.needs_reference:
             self.reference = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
@@ -103,8 +109,14 @@ class TorchLearner:
         lm_head = self.model.get_output_embeddings().weight if self.algorithm.needs_hidden else None
         loss, metrics = micro_loss(self.algorithm, self._forward_for_loss, micro, num_tokens, num_seqs, num_micro,
                                    self.scheduler.get_last_lr()[0], context, lm_head)
-        loss.backward()
+        self._run_backward(loss)
         return metrics
+
+    def _run_backward(self, loss: Tensor) -> None:
+        """``loss.backward()``, then the tied embedding's deferred gradient added into ``.grad``."""
+        loss.backward()
+        if self.tied_embedding is not None:
+            self.tied_embedding.apply()
 
     def _forward_for_loss(self, micro: RolloutBatch, with_entropy: bool, with_hidden: bool):
         return self._forward(self.model, micro, with_entropy, with_hidden)
@@ -137,7 +149,7 @@ class TorchLearner:
             with transient_memory() as step:
                 logp, _ = self._forward(self.model, largest, with_entropy=self.algorithm.needs_entropy)
                 report["activations"] = resident_bytes() - step["start"]
-                (logp * largest.response_mask).sum().backward()  # a stand-in loss: the graph is the real one's
+                self._run_backward((logp * largest.response_mask).sum())  # a stand-in loss: the real one's graph
                 del logp
             gradients = tensor_bytes(p.grad for p in self.model.parameters())
             self.optimizer.zero_grad(set_to_none=True)

@@ -137,10 +137,12 @@ def is_tiny_model(path: str | os.PathLike) -> bool:
 
 
 def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool | None = False,
-               trust_remote_code: bool = False, tiled_mlp: bool | None = False, tiled_mlp_tokens: int = 512):
+               trust_remote_code: bool = False, tiled_mlp: bool | None = False, tiled_mlp_tokens: int = 512,
+               checkpoint_tokens: int | None = None):
     """The causal LM at ``path``; ``gradient_checkpointing`` None (``model.gradient_checkpointing``'s default) turns
     it on for every model but the embedded tiny one; ``tiled_mlp`` None (``model.tiled_mlp``'s default) follows it
-    (:func:`rlvr.models.tiled_mlp.tile_gated_mlps`)."""
+    (:func:`rlvr.models.tiled_mlp.tile_gated_mlps`); with checkpointing, ``checkpoint_tokens`` recomputes each layer
+    in row blocks of at most that many tokens (:func:`rlvr.models.checkpointing.chunk_checkpointed_layers`)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -152,6 +154,10 @@ def load_model(path: str, dtype: str = "float32", gradient_checkpointing: bool |
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
+        if checkpoint_tokens is not None:
+            from rlvr.models.checkpointing import chunk_checkpointed_layers
+
+            chunk_checkpointed_layers(model, checkpoint_tokens)
     if tiled_mlp is None:
         tiled_mlp = gradient_checkpointing
     if tiled_mlp:

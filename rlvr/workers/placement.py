@@ -12,7 +12,6 @@ CPUs the actors are placed as they always were, and weights go through the objec
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import dataclass, field

@@ -49,11 +49,11 @@ def _cat(outputs: list[Any]) -> Any:
 
 def _row_chunked(checkpoint: Callable, max_tokens: int, function: Callable, hidden: Tensor, *args: Any) -> Any:
     """``checkpoint(function, hidden, *args)`` over row blocks of at most ``max_tokens`` tokens (at least a row)."""
+    if not torch.is_grad_enabled():
+        return checkpoint(function, hidden, *args)
     n = hidden.shape[0] if hidden.dim() >= 2 else 1
     width = hidden.shape[1] if hidden.dim() >= 3 else 1
     block = max(1, max_tokens // max(width, 1))
-    if not torch.is_grad_enabled():
-        return checkpoint(function, hidden, *args)
     if n <= block or args or not isinstance(function, functools.partial):
         return checkpoint(_releasing_first(function), hidden, *args)
     outputs = []
@@ -67,10 +67,10 @@ def _row_chunked(checkpoint: Callable, max_tokens: int, function: Callable, hidd
 
 def _releasing_first(function: Callable) -> Callable:
     """``function`` that first hands the heap's free pages back to the kernel
-    (:func:`rlvr.learner.memory.release_free_memory`, ~10 ms): once per layer at its forward and at its recompute in
-    the backward (the first block's). The blocks' small tensors (under the learner's mmap threshold) come from the heap, and what the
-    head's and the previous layer's backward freed there would otherwise stay resident under the next recompute:
-    in SmolLM2's update, 60-90 MiB at the peak."""
+    (:func:`rlvr.learner.memory.release_free_memory`, ~10 ms): once per layer, at its forward and at its recompute
+    in the backward (the first block's). What the head's and the previous layers' backward freed in the heap (small
+    tensors, under the learner's mmap threshold) would otherwise stay resident under the next recompute: in
+    SmolLM2's update, 35 .. 56 MiB at the peak (docs/memory.md)."""
     from rlvr.learner.memory import release_free_memory
 
     def run(*args: Any) -> Any:

@@ -45,10 +45,6 @@ class DeferredEmbeddingGrad:
             weight.grad.index_add_(0, ids, grad.to(weight.grad.dtype))
         self.pending.clear()
 
-    def discard(self) -> None:
-        """Drops pending gradients (a backward whose gradients are thrown away)."""
-        self.pending.clear()
-
 
 def _forward(self: nn.Embedding, ids: Tensor, deferred: DeferredEmbeddingGrad) -> Tensor:
     if not (torch.is_grad_enabled() and self.weight.requires_grad) or self.max_norm is not None \

@@ -19,8 +19,9 @@ Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
   log-probs of a truncated distribution (:func:`sampling_kwargs`); with ``learner.recompute_old_logprobs``
   (the default) the trainer asks for none. Greedy requests get the untempered (temperature 1) log-probs, as
   from the Hugging Face engine.
-- Weights, host arrays (the Ray object-store path, :meth:`VLLMEngine.load_weights`): in chunks through
-  ``LLM.collective_rpc`` to methods that ``worker_extension_cls`` mixes into the worker
+- Weights, host arrays (the Ray object-store path, :meth:`VLLMEngine.load_weights`): in chunks, each written to
+  a shared-memory file whose path and layout go through ``LLM.collective_rpc`` (or, without room there, its
+  bytes inside the message) to methods that ``worker_extension_cls`` mixes into the worker
   (``config/parallel.py:ParallelConfig.worker_extension_cls``, ``v1/worker/worker_base.py:
   WorkerWrapperBase.init_worker``), which load them with the same layerwise-reload steps as 0.32's own
   backends (:class:`WorkerExtension`).
@@ -40,9 +41,14 @@ Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import math
 import os
+import shutil
+import socket
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -73,6 +79,7 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-2, 2.0
 _RESERVED_OPTIONS = ("logprobs_mode", "worker_extension_cls", "weight_transfer_config")
 
 WireTensor = tuple[str, str, list[int], bytes]  # (name, torch dtype name, shape, raw bytes)
+StagedTensor = tuple[str, str, list[int], int]  # (name, torch dtype name, shape, byte offset in the staged file)
 
 
 def import_vllm():
@@ -213,27 +220,37 @@ def completion_from_output(output, with_logprobs: bool) -> Completion:
     return Completion(tokens, logprobs, output.text, output.finish_reason)
 
 
-# ---- weights: numpy arrays -> torch -> chunks over collective_rpc -> the worker ----
+# ---- weights: numpy arrays -> torch -> chunks, staged in shared memory (or as bytes over collective_rpc) ----
+
+
+def chunked(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``(name, tensor)`` pairs in chunks of at most ``max_bytes`` (a larger tensor goes alone)."""
+    chunk: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in named_tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if chunk and size + nbytes > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, tensor))
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def wire_tensors(chunk: Iterable[tuple[str, torch.Tensor]]) -> list[WireTensor]:
+    """A chunk as ``(name, dtype, shape, bytes)``: plain bytes, because ``collective_rpc``'s arguments reach the
+    engine-core process msgpack-decoded without types (v1/engine/core.py: EngineCoreProc.process_input_sockets,
+    ``generic_decoder``): a tensor or ndarray argument would arrive as a [dtype, shape, buffer index] list whose
+    buffer is gone."""
+    return [(name, _dtype_name(tensor), list(tensor.shape), _host_bytes(tensor).numpy().tobytes())
+            for name, tensor in chunk]
 
 
 def weight_chunks(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[WireTensor]]:
-    """Tensors as ``(name, dtype, shape, bytes)`` in chunks of at most ``max_bytes`` (a larger tensor goes alone).
-
-    Plain bytes, because ``collective_rpc``'s arguments reach the engine-core process msgpack-decoded without
-    types (v1/engine/core.py: EngineCoreProc.process_input_sockets, ``generic_decoder``): a tensor or ndarray
-    argument would arrive as a [dtype, shape, buffer index] list whose buffer is gone.
-    """
-    chunk: list[WireTensor] = []
-    size = 0
-    for name, tensor in named_tensors:
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        if chunk and size + len(data) > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), data))
-        size += len(data)
-    if chunk:
-        yield chunk
+    """:func:`wire_tensors` of each :func:`chunked` chunk."""
+    for chunk in chunked(named_tensors, max_bytes):
+        yield wire_tensors(chunk)
 
 
 def tensors_from_chunk(chunk: Iterable[Sequence]) -> list[tuple[str, torch.Tensor]]:
@@ -241,9 +258,7 @@ def tensors_from_chunk(chunk: Iterable[Sequence]) -> list[tuple[str, torch.Tenso
     turns the tuples into lists; the payload is ``bytes``, or a ``memoryview`` with an in-process engine core)."""
     out = []
     for name, dtype_name, shape, data in chunk:
-        dtype = getattr(torch, dtype_name, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"weight {name!r} has an unknown dtype {dtype_name!r}")
+        dtype = _dtype(name, dtype_name)
         if len(data) == 0:
             out.append((name, torch.empty(shape, dtype=dtype)))
             continue
@@ -252,6 +267,63 @@ def tensors_from_chunk(chunk: Iterable[Sequence]) -> list[tuple[str, torch.Tenso
             raw = torch.frombuffer(data, dtype=torch.uint8)
         out.append((name, raw.view(dtype).reshape(shape).clone()))
     return out
+
+
+SHARED_MEMORY_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None  # where load_weights stages chunks
+STAGE_ALIGN = 64  # byte offset of each tensor in a staged file: any dtype's view of it is aligned
+
+
+def stage_chunk(chunk: Iterable[tuple[str, torch.Tensor]], directory: str) -> tuple[str, list[StagedTensor]]:
+    """Writes a chunk's bytes into a new file in ``directory`` (shared memory: ``/dev/shm``), each tensor at an
+    offset divisible by :data:`STAGE_ALIGN`; returns the file's path and ``(name, dtype, shape, offset)`` per
+    tensor. The caller removes the file. A failed write (a full ``directory``) removes it and raises ``OSError``."""
+    specs: list[StagedTensor] = []
+    fd, path = tempfile.mkstemp(prefix="rlvr-weights-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            offset = 0
+            for name, tensor in chunk:
+                file.write(bytes(-offset % STAGE_ALIGN))
+                offset += -offset % STAGE_ALIGN
+                specs.append((name, _dtype_name(tensor), list(tensor.shape), offset))
+                data = _host_bytes(tensor).numpy()
+                file.write(memoryview(data))
+                offset += data.nbytes
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path, specs
+
+
+def tensors_from_file(path: str, specs: Iterable[Sequence]) -> list[tuple[str, torch.Tensor]]:
+    """The ``(name, CPU tensor)`` pairs of a file :func:`stage_chunk` wrote, as views of one private (copy on
+    write) mapping of it: nothing is copied until ``model.load_weights`` copies each tensor into its parameter,
+    and the tensors stay valid after the file is removed."""
+    size = os.path.getsize(path)
+    raw = torch.from_file(path, shared=False, size=size, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+    out = []
+    for name, dtype_name, shape, offset in specs:
+        dtype = _dtype(name, dtype_name)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offset + nbytes > size:
+            raise ValueError(f"weight {name!r} ends at byte {offset + nbytes} of {path}, which has {size}")
+        out.append((name, raw[offset:offset + nbytes].view(dtype).reshape(shape)))
+    return out
+
+
+def _host_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _dtype(name: str, dtype_name: str) -> torch.dtype:
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"weight {name!r} has an unknown dtype {dtype_name!r}")
+    return dtype
 
 
 class WorkerExtension:
@@ -284,10 +356,20 @@ class WorkerExtension:
             initialize_layerwise_reload(model)
 
     def rlvr_update_weights(self, chunk: list) -> None:
+        """Loads a :func:`weight_chunks` chunk (bytes in the message)."""
+        self._rlvr_load(tensors_from_chunk(chunk))
+
+    def rlvr_update_weights_from_file(self, path: str, specs: list) -> None:
+        """Loads a chunk :func:`stage_chunk` wrote (the message carries its path and layout only)."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"vLLM worker on {socket.gethostname()} cannot see the staged weights {path}; "
+                                    "an engine whose workers run on other hosts needs weight_staging_dir=None")
+        self._rlvr_load(tensors_from_file(path, specs))
+
+    def _rlvr_load(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
-        tensors = tensors_from_chunk(chunk)
         # A tied embedding crosses once (rlvr.workers.weights.tensor_arrays); the layerwise reload rebuilds the LM
         # head apart from the embedding, so it gets the same tensor here, inside the worker, at no transfer cost.
         if getattr(self.vllm_config.model_config.hf_text_config, "tie_word_embeddings", False):
@@ -342,7 +424,9 @@ class VLLMEngine:
 
     ``model_path`` is a Hugging Face model directory or hub id, or ``"tiny"``. ``weight_transfer`` (``"nccl"``,
     ``"ipc"`` or None) enables vLLM's weight-transfer backend for GPU-to-GPU sync (:mod:`rlvr.workers.sync`);
-    host arrays load through :meth:`load_weights` either way. ``**llm_kwargs`` go to ``vllm.LLM`` (``EngineArgs``
+    host arrays load through :meth:`load_weights` either way, in chunks of about ``weight_chunk_mb``, each staged
+    as a file in ``weight_staging_dir`` (default ``/dev/shm``; None sends the bytes inside the RPC messages,
+    for an engine whose workers do not share this host's files). ``**llm_kwargs`` go to ``vllm.LLM`` (``EngineArgs``
     fields), except the options this engine sets itself (``logprobs_mode``, ``worker_extension_cls``,
     ``weight_transfer_config``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
     of the model's generation_config.json (v1/engine/input_processor.py passes them to
@@ -356,11 +440,14 @@ class VLLMEngine:
     :meth:`load_weights` only.
     """
 
+    _staging_warned = False
+
     def __init__(self, model_path: str, tokenizer: str | None = None, dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, weight_chunk_mb: int = 512,
-                 weight_transfer: str | None = None, kv_cache_gb: float | None = None, **llm_kwargs: Any):
+                 weight_staging_dir: str | None = SHARED_MEMORY_DIR, weight_transfer: str | None = None,
+                 kv_cache_gb: float | None = None, **llm_kwargs: Any):
         reserved = sorted(set(_RESERVED_OPTIONS) & llm_kwargs.keys())
         if reserved:
             raise ValueError(f"VLLMEngine sets {reserved} itself; remove them from its keyword arguments")
@@ -390,6 +477,10 @@ class VLLMEngine:
             allow_pickled_ipc_handles()
         self.sleep_mode = enable_sleep_mode
         self.weight_chunk_bytes = weight_chunk_mb << 20
+        if weight_staging_dir is not None and not os.path.isdir(weight_staging_dir):
+            raise ValueError(f"weight_staging_dir={weight_staging_dir!r} is not a directory (None: weights travel "
+                             "inside the RPC messages)")
+        self.weight_staging_dir = weight_staging_dir
         self.asleep: set[str] = set()  # vLLM memory tags that sleep() released and wake() has not restored
         self.llm = self.vllm.LLM(
             model=resolve_model_path(model_path), tokenizer=tokenizer, dtype=dtype,
@@ -422,8 +513,15 @@ class VLLMEngine:
         self._wake_weights()
         self._rpc("rlvr_start_weight_update")
         try:
-            for chunk in weight_chunks(array_tensors(named_arrays).items(), self.weight_chunk_bytes):
-                self._rpc("rlvr_update_weights", chunk)
+            for chunk in chunked(array_tensors(named_arrays).items(), self.weight_chunk_bytes):
+                path, specs = self._stage(chunk)
+                if path is None:
+                    self._rpc("rlvr_update_weights", wire_tensors(chunk))
+                    continue
+                try:
+                    self._rpc("rlvr_update_weights_from_file", path, specs)
+                finally:
+                    os.unlink(path)
         finally:
             missing = sorted({name for names in self._rpc("rlvr_finish_weight_update") for name in names})
             self._reset_prefix_cache()
@@ -476,6 +574,26 @@ class VLLMEngine:
         if self.weight_transfer is None:
             raise RuntimeError("this vLLM engine was built without weight_transfer; GPU weight sync needs "
                                "VLLMEngine(..., weight_transfer='nccl' or 'ipc')")
+
+    def _stage(self, chunk: list[tuple[str, torch.Tensor]]) -> tuple[str | None, list[StagedTensor]]:
+        """The chunk written to a file in ``weight_staging_dir``, or ``(None, [])`` where there is none or it has
+        no room (Docker gives containers a 64 MiB ``/dev/shm`` unless run with ``--shm-size`` or ``--ipc=host``):
+        that chunk then travels inside the RPC message, with one warning per engine."""
+        if self.weight_staging_dir is None:
+            return None, []
+        needed = sum(tensor.numel() * tensor.element_size() + STAGE_ALIGN for _, tensor in chunk)
+        try:
+            if shutil.disk_usage(self.weight_staging_dir).free < needed:
+                raise OSError(errno.ENOSPC, f"{needed >> 20} MiB needed", self.weight_staging_dir)
+            return stage_chunk(chunk, self.weight_staging_dir)
+        except OSError as error:
+            if not self._staging_warned:
+                log.warning("vLLM weight sync: cannot stage %d MiB of weights in %s (%s); sending them inside the "
+                            "RPC messages instead, which is slower (give the directory room, e.g. docker run "
+                            "--shm-size, or pass a smaller weight_chunk_mb)", needed >> 20,
+                            self.weight_staging_dir, error)
+                self._staging_warned = True
+            return None, []
 
     def _wake_weights(self) -> None:
         """Level-1 sleep moved the weights to CPU memory: restore them before overwriting them."""

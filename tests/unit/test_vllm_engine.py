@@ -1,10 +1,12 @@
 """The vLLM engine's pure pieces, on CPU without vLLM: our sampling options as vLLM 0.32's, vLLM 0.32's outputs
 as our completions (stand-ins shaped like ``vllm.outputs.CompletionOutput`` and ``vllm.logprobs.FlatLogprobs``),
-per-request seeds, the weight wire format, and the import guard. The engine itself runs in tests/gpu."""
+per-request seeds, the weight wire format and staged files, and the import guard. The engine itself runs in tests/gpu."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -14,11 +16,14 @@ import torch
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.vllm import (
     INSTALL_HINT,
+    STAGE_ALIGN,
     completion_from_output,
     request_seed,
     sampled_logprobs,
     sampling_kwargs,
+    stage_chunk,
     tensors_from_chunk,
+    tensors_from_file,
     vllm_top_k,
     weight_chunks,
 )
@@ -214,6 +219,42 @@ def test_weight_chunks_fill_up_to_the_limit():
     tensors = [(f"w{i}", torch.zeros(4)) for i in range(5)]  # 16 bytes each
     sizes = [len(chunk) for chunk in weight_chunks(tensors, max_bytes=32)]
     assert sizes == [2, 2, 1]
+
+
+def test_staged_chunk_round_trips_exactly_and_outlives_its_file(tmp_path):
+    tensors = [
+        ("a.bf16", torch.randn(5, 3).to(torch.bfloat16)),  # 30 bytes: the next tensor starts aligned anyway
+        ("b.fp32", torch.randn(3, 5)),
+        ("c.int64", torch.arange(6).reshape(2, 3)),
+        ("d.scalar", torch.tensor(2.5)),
+        ("e.empty", torch.empty(0, 4)),
+        ("f.strided", torch.randn(6, 4).t()),
+    ]
+    path, specs = stage_chunk(tensors, str(tmp_path))
+    assert [spec[3] % STAGE_ALIGN for spec in specs] == [0] * len(tensors)
+    received = tensors_from_file(path, json.loads(json.dumps(specs)))  # as msgpack delivers it: lists
+    os.unlink(path)
+    assert [name for name, _ in received] == [name for name, _ in tensors]
+    for (name, sent), (_, got) in zip(tensors, received):
+        assert got.dtype == sent.dtype and got.shape == sent.shape and torch.equal(got, sent), name
+    received[1][1].add_(1.0)  # a private mapping: writable, and the tensors outlive the removed file
+    assert torch.equal(received[1][1], tensors[1][1] + 1.0)
+
+
+def test_staged_file_too_short_names_the_weight(tmp_path):
+    path, specs = stage_chunk([("w", torch.zeros(8))], str(tmp_path))
+    with pytest.raises(ValueError, match="weight 'w' ends at byte 64 of .*, which has 32"):
+        tensors_from_file(path, [["w", "float32", [16], specs[0][3]]])
+
+
+def test_stage_chunk_leaves_no_file_when_a_write_fails(tmp_path, monkeypatch):
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(stage_chunk.__globals__, "_host_bytes", fail)
+    with pytest.raises(OSError, match="No space"):
+        stage_chunk([("w", torch.zeros(4))], str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tensors_from_chunk_refuses_unknown_dtypes():

@@ -1,5 +1,5 @@
 """``rlvr eval`` through each rollout engine on the same problems: accuracy, greedy agreement and speed, side by
-side. Each engine runs in a process of its own (vLLM starts its engine core in a spawned child); prints a table
+side. Each engine runs in a process of its own, so neither inherits the other's memory or threads; prints a table
 and writes JSON.
 
     python scripts/bench_eval_engines.py --model smollm2-135m-instruct --data-dir ../shared/data \\

@@ -1,7 +1,9 @@
 """``VLLMEngine.load_weights`` (the host-array weight sync: split placement's Ray object-store road, and every
-sync on vLLM's CPU build) with its two roads side by side on one engine: chunks staged as files in shared
-memory (the default) and chunks' bytes inside the RPC messages (``weight_staging_dir=None``). The roads
-alternate, so both see the same machine; prints a table and writes JSON.
+sync on vLLM's CPU build) with its three roads side by side: an engine core in this process takes the tensors
+by reference (``in_process=True``, the CPU build's default); one in processes of its own (vLLM's default on
+GPUs) gets each chunk staged as a file in shared memory (the default there) or its bytes inside the RPC
+messages (``weight_staging_dir=None``). The roads alternate, so all see the same machine; prints a table and
+writes JSON.
 
     python scripts/bench_weight_sync.py --model smollm2-135m-instruct --repeats 5
 
@@ -37,21 +39,25 @@ def main() -> None:
     model_dir = resolve_model_path(args.model)
     model = load_model(model_dir, args.dtype).eval()
     tokenizer = load_tokenizer(model_dir)
-    engine = VLLMEngine(model_dir, dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, enforce_eager=True,
-                        max_model_len=1024, distributed_executor_backend="uni")  # as a training run's engine
+    options = dict(dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, enforce_eager=True, max_model_len=1024,
+                   distributed_executor_backend="uni")  # as a training run's engine
+    engines = {"in process": VLLMEngine(model_dir, in_process=True, **options),
+               "processes": VLLMEngine(model_dir, in_process=False, **options)}
     probes = [tokenizer.encode(text) for text in ("12 + 7 =", "The capital of France is", "def add(a, b):")]
     greedy = SamplingParams(max_new_tokens=8, temperature=0.0)  # greedy; log-probs at temperature 1
     original = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     nbytes = sum(array.nbytes for array in named_arrays(model).values())
-    roads = {"shared-memory file": SHARED_MEMORY_DIR, "bytes in the RPC": None}
+    roads = {"in process": ("in process", None), "shared-memory file": ("processes", SHARED_MEMORY_DIR),
+             "bytes in the RPC": ("processes", None)}
     seconds: dict[str, list[float]] = {road: [] for road in roads}
     for round_ in range(args.repeats):
-        for road, staging_dir in roads.items():
+        for road, (kind, staging_dir) in roads.items():
             with torch.no_grad():
                 generator = torch.Generator().manual_seed(round_)
                 for name, parameter in model.named_parameters():
                     parameter.copy_(original[name] + torch.randn(parameter.shape, generator=generator) * 0.01)
             arrays = named_arrays(model)
+            engine = engines[kind]
             engine.weight_staging_dir = staging_dir
             started = time.perf_counter()
             engine.load_weights(arrays)
@@ -85,5 +91,5 @@ def check(engine, model, probes, greedy) -> None:
             raise SystemExit(f"the engine's log-probs differ from the weights sent by {gap:.2e}")
 
 
-if __name__ == "__main__":  # vLLM spawns its engine core: the guard is required
+if __name__ == "__main__":  # an engine core in processes of its own is spawned: the guard is required
     main()

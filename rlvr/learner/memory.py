@@ -102,12 +102,14 @@ def release_free_memory() -> None:
 
 # mallopt(3) parameter numbers (malloc.h).
 _M_MMAP_THRESHOLD = -3
-# Learner phases: any allocation from 128 KiB up gets pages of its own, returned to the kernel on free (at 1 MiB, the
-# sub-MiB tensors of a checkpointed layer recomputed in row blocks fragmented the heap: SmolLM2's update ended with
-# 68 MiB more resident, its peak 50 MiB higher). Generation
+# Learner phases: any allocation from 1 MiB up gets pages of its own, returned to the kernel on free. A learner whose
+# checkpointed layers recompute in row blocks maps from 128 KiB (at 1 MiB their sub-MiB tensors fragmented the heap:
+# SmolLM2's update ended with 68 MiB more resident, its peak 50 MiB higher); on a model without checkpointing that
+# costs time for nothing (the tiny model's update: 0.69-0.74 s against 0.40-0.44 s at 1 MiB). Generation
 # keeps glibc's own ceiling (32 MiB, where its sliding threshold ends): its KV cache grows by a copy every token,
 # and a fresh mapping per copy, page faults included, costs about a fifth of the generation time on a CPU.
-LEARNER_MMAP_THRESHOLD = 128 << 10
+LEARNER_MMAP_THRESHOLD = 1 << 20
+ROW_BLOCK_MMAP_THRESHOLD = 128 << 10
 DEFAULT_MMAP_THRESHOLD = 32 << 20
 
 
@@ -120,13 +122,14 @@ def set_mmap_threshold(size: int) -> None:
 
 
 @contextmanager
-def learner_phase() -> Iterator[None]:
+def learner_phase(mmap_threshold: int = LEARNER_MMAP_THRESHOLD) -> Iterator[None]:
     """A learner phase (log-probs, update) whose freed tensors go back to the kernel, not into a heap that keeps
     them: the activations and gradients of a small model (most tensors between 1 and 32 MiB) would otherwise stay
     resident after the phase, in holes that the next phase's differently sized allocations cannot all reuse, and
-    the resident set would carry the high-water mark of every phase at once. On exit the threshold goes back to
+    the resident set would carry the high-water mark of every phase at once. ``mmap_threshold``: the learner's
+    (``mmap_threshold`` of :class:`rlvr.learner.torch.TorchLearner`). On exit the threshold goes back to
     :data:`DEFAULT_MMAP_THRESHOLD` and the free heap is trimmed (:func:`release_free_memory`)."""
-    set_mmap_threshold(LEARNER_MMAP_THRESHOLD)
+    set_mmap_threshold(mmap_threshold)
     try:
         yield
     finally:

@@ -18,8 +18,8 @@ from torch import Tensor
 from rlvr.algos.base import ADDITIVE_METRICS, Algorithm, LossInputs
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
-from rlvr.learner.memory import (learner_memory, learner_phase, peak_resident_bytes, resident_bytes, tensor_bytes,
-                                 transient_memory)
+from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, learner_memory, learner_phase,
+                                 peak_resident_bytes, resident_bytes, tensor_bytes, transient_memory)
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
 from rlvr.models.tied_embedding import defer_tied_embedding_grad
@@ -39,6 +39,9 @@ class TorchLearner:
         # tensor at the update's peak (rlvr.models.tied_embedding); with checkpointing, rlvr's memory-saving mode.
         self.tied_embedding = (defer_tied_embedding_grad(self.model) if self.model.is_gradient_checkpointing
                                else None)
+        # Row-block recomputes allocate sub-MiB tensors: their phases map from 128 KiB (rlvr.learner.memory).
+        row_blocks = self.model.is_gradient_checkpointing and recipe.model.checkpoint_tokens is not None
+        self.mmap_threshold = ROW_BLOCK_MMAP_THRESHOLD if row_blocks else LEARNER_MMAP_THRESHOLD
         self.reference = None
         if algorithm.needs_reference:
             self.reference = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
@@ -143,7 +146,7 @@ class TorchLearner:
         largest = max(micros, key=lambda m: m.prompt_tokens.numel() + m.response_tokens.numel())
         report["micro_batch_rows"] = len(largest)
         report["micro_batch_tokens"] = largest.prompt_tokens.numel() + largest.response_tokens.numel()
-        with learner_phase():  # allocated as the learner's phases allocate (measured outside, the heap would differ)
+        with learner_phase(self.mmap_threshold):  # allocated as the learner's phases allocate (measured outside, the heap would differ)
             with transient_memory() as logprob_pass:
                 self.logprobs(batch)
             with transient_memory() as step:

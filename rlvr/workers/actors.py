@@ -21,7 +21,7 @@ import ray
 import torch
 
 from rlvr.batch import RolloutBatch
-from rlvr.learner.memory import learner_phase, release_free_memory
+from rlvr.learner.memory import LEARNER_MMAP_THRESHOLD, learner_phase, release_free_memory
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.sync import BACKENDS
 
@@ -136,13 +136,17 @@ class _Learning(_Sampler):
 
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor | None:
         self._engine_to_sleep()
-        with learner_phase():
+        with learner_phase(self._mmap_threshold()):
             return self.learner.logprobs(batch, reference)
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         self._engine_to_sleep()
-        with learner_phase():
+        with learner_phase(self._mmap_threshold()):
             return self.learner.update(batch)
+
+    def _mmap_threshold(self) -> int:
+        """The learner's (the torch learner's depends on its row-block recompute), else the learner phases' default."""
+        return getattr(self.learner, "mmap_threshold", LEARNER_MMAP_THRESHOLD)
 
     def _engine_to_sleep(self) -> None:
         """A colocated vLLM engine gives its GPU memory back (weights to host memory, KV cache freed) before the

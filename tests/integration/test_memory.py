@@ -11,7 +11,8 @@ import torch
 from rlvr import algos
 from rlvr.batch import RolloutBatch
 from rlvr.config import build_recipe
-from rlvr.learner.memory import learner_memory, resident_bytes
+from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, heap_stats, learner_memory,
+                                 learner_phase, resident_bytes)
 from rlvr.learner.torch import TorchLearner, peak_memory_bytes
 from rlvr.workers.actors import _Learning
 
@@ -58,6 +59,7 @@ def test_memory_is_flat_over_steps_and_no_gradients_outlive_an_update(llama_dir)
     algorithm = algos.from_recipe(recipe)
     learner = TorchLearner(recipe, llama_dir, algorithm)
     assert learner.model.is_gradient_checkpointing  # the default for any model but the embedded tiny one
+    assert learner.mmap_threshold == ROW_BLOCK_MMAP_THRESHOLD  # its row blocks' sub-MiB tensors get pages of their own
     actor = _Actor(learner)
     actor.logprobs(_batch(16, 32, 96, seed=0))  # the weights paged in from their file
     before = resident_bytes()
@@ -103,3 +105,18 @@ def test_a_log_prob_pass_fills_no_kv_cache(llama_dir):
     with torch.no_grad():
         response_logprobs(model, batch.prompt_tokens, batch.prompt_mask, batch.response_tokens, batch.response_mask)
     assert seen == [(False, None)]
+
+
+@pytest.mark.parametrize("overrides", [["model.gradient_checkpointing=false"], ["model.checkpoint_tokens=null"]])
+def test_only_row_block_recomputes_map_from_128_kib(llama_dir, overrides):
+    """Without row blocks the phases map from 1 MiB: at 128 KiB the tiny model's update took 1.7x as long."""
+    recipe = build_recipe({}, [f"model.path={llama_dir}", *overrides])
+    learner = TorchLearner(recipe, llama_dir, algos.from_recipe(recipe))
+    assert learner.mmap_threshold == LEARNER_MMAP_THRESHOLD == 1 << 20
+    if heap_stats():  # glibc: the phase really sets it, and a 512 KiB tensor comes from the heap
+        actor = _Actor(learner)
+        with learner_phase(actor._mmap_threshold()):
+            mapped = heap_stats()["mmapped"]
+            block = torch.ones(128 << 10)  # 512 KiB
+            assert heap_stats()["mmapped"] == mapped
+            del block

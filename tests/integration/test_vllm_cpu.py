@@ -124,7 +124,7 @@ def test_rlvr_eval_with_the_vllm_engine_matches_the_hf_engine(tiny_model_dir, tm
         args = ["eval", "--model", tiny_model_dir, "--engine", engine, "--benchmarks", str(problems), "--n", "2",
                 "--greedy", "--max-new-tokens", "8", "--template", "plain", "--kv-cache-gb", "0.25", "--enforce-eager",
                 "--output", str(out), "--no-progress"]
-        if engine == "vllm":  # the command as a user runs it: vLLM spawns its engine core from a __main__
+        if engine == "vllm":  # the command as a user runs it, in a fresh process
             done = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True,
                                   timeout=300, cwd=tmp_path)
             assert done.returncode == 0, done.stderr[-3000:]

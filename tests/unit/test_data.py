@@ -22,6 +22,24 @@ def test_heldout_split_is_fixed_large_and_disjoint_from_train():
     assert not train & {p.problem for p in heldout}
 
 
+@pytest.mark.parametrize("split, seed", [("train", 0), ("train", 7), ("heldout", 0)])
+def test_table_draws_equal_the_one_by_one_draws(split, seed):
+    """``problems`` reads a precomputed table with ``_randbelow``; ``_draw``'s public ``choice``/``randint``
+    calls must give the same problems, so the splits (and every figure measured on them) do not move."""
+    rng = random.Random(f"rlvr-arithmetic-{split}-{seed}")
+    count = 3000 if split == "train" else arithmetic.HELDOUT_SIZE  # about 1,060 distinct held-out expressions exist
+    expected, seen = [], set()
+    while len(expected) < count:
+        expression, answer = arithmetic._draw(rng)
+        repeat = split == "heldout" and expression in seen  # train may repeat a problem; held-out never
+        if arithmetic._is_heldout(expression) == (split == "heldout") and not repeat:
+            expected.append(expression)
+            seen.add(expression)
+    problems = arithmetic.problems(split, count, seed=seed)
+    assert [p.problem for p in problems] == expected
+    assert all(eval(p.problem.rstrip("=")) == int(p.answer) for p in problems)
+
+
 def test_answers_are_right_and_graded_by_the_math_grader():
     for p in arithmetic.problems("heldout", 50):
         assert eval(p.problem.rstrip("=")) == int(p.answer)

@@ -18,7 +18,9 @@ from rlvr.rollout.vllm import (
     INSTALL_HINT,
     STAGE_ALIGN,
     completion_from_output,
+    engine_core_mode,
     request_seed,
+    resolve_in_process,
     sampled_logprobs,
     sampling_kwargs,
     stage_chunk,
@@ -255,6 +257,58 @@ def test_stage_chunk_leaves_no_file_when_a_write_fails(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         stage_chunk([("w", torch.zeros(4))], str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- where the engine core runs ----
+
+
+def test_in_process_by_default_on_the_cpu_build_only(monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    assert resolve_in_process(None, on_cpu=True, tensor_parallel_size=1)
+    assert not resolve_in_process(None, on_cpu=False, tensor_parallel_size=1)  # GPUs: vLLM's processes
+    assert not resolve_in_process(None, on_cpu=True, tensor_parallel_size=2)
+    assert not resolve_in_process(False, on_cpu=True, tensor_parallel_size=1)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice stands
+    assert not resolve_in_process(None, on_cpu=True, tensor_parallel_size=1)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    assert resolve_in_process(None, on_cpu=False, tensor_parallel_size=1)
+
+
+def test_in_process_stays_out_of_a_learners_process_group(monkeypatch):
+    import rlvr.rollout.vllm as module
+
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setattr(module, "_group_made_by_vllm", False)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    for ranks in (4, 1):  # a DeepSpeed learner rank's actor, of several ranks or of one
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args, ranks=ranks: ranks)
+        assert not resolve_in_process(None, on_cpu=True, tensor_parallel_size=1)
+    with pytest.raises(ValueError, match="in_process=True .* one of 4"):
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args: 4)
+        resolve_in_process(True, on_cpu=True, tensor_parallel_size=1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args: 1)
+    monkeypatch.setattr(module, "_group_made_by_vllm", True)  # an earlier in-process engine's one-rank group
+    assert resolve_in_process(None, on_cpu=True, tensor_parallel_size=1)
+
+
+@pytest.mark.parametrize("previous", [None, "1"])
+def test_engine_core_mode_sets_the_variable_for_the_build_and_puts_everything_back(monkeypatch, previous):
+    if previous is None:
+        monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", previous)
+    original = torch.set_num_threads
+    seen = []
+    with pytest.raises(RuntimeError, match="build failed"):
+        with engine_core_mode(in_process=True):
+            seen.append(os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"])
+            torch.set_num_threads = lambda n: None  # what vLLM's in-process CPU worker does
+            raise RuntimeError("build failed")
+    assert seen == ["0"]
+    assert torch.set_num_threads is original
+    assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == previous
+    with engine_core_mode(in_process=False):
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
 
 
 def test_tensors_from_chunk_refuses_unknown_dtypes():

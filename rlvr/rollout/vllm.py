@@ -498,7 +498,7 @@ class VLLMEngine:
     ``kv_cache_gb`` GiB (default 1; what ``VLLM_CPU_KVCACHE_SPACE`` sets) rather than a share of GPU memory, no
     CUDA graphs, and weights reach it through :meth:`load_weights` only. There the engine core and its worker run
     in this process by default (``in_process``, :func:`resolve_in_process`): vLLM's own processes re-import
-    everything (a third of the start-up time) and leave the worker one core. With ``in_process=False`` (vLLM's
+    everything (three times the start-up time here) and leave the worker one core. With ``in_process=False`` (vLLM's
     default on GPUs) they are processes of their own, started with ``spawn``: a script that builds such an engine
     at import time needs the ``if __name__ == "__main__":`` guard.
     """

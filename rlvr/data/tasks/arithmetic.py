@@ -42,9 +42,11 @@ class Problem:
 
 def _draw(rng: random.Random) -> tuple[str, str]:
     op, (lo_a, hi_a), (lo_b, hi_b) = rng.choice(_OPERATIONS)
-    a, b = rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)
-    value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"{a}{op}{b}=", str(value)
+    return _expression(op, rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b))
+
+
+def _expression(op: str, a: int, b: int) -> tuple[str, str]:
+    return f"{a}{op}{b}=", str({"+": a + b, "-": a - b, "*": a * b}[op])
 
 
 def _is_heldout(expression: str) -> bool:
@@ -52,16 +54,13 @@ def _is_heldout(expression: str) -> bool:
     return hashlib.sha256(expression.encode()).digest()[0] % 16 == 0
 
 
-def _table() -> list[tuple[int, int, int, list[tuple[str, str, bool]]]]:
-    """Per operation: its operand ranges' lows and the width of b's range, and every ``(expression, answer,
-    held out)`` it can draw, indexed ``(a - lo_a) * width_b + (b - lo_b)`` (16,920 in all)."""
+def _table() -> list[tuple[int, int, list[tuple[str, str, bool]]]]:
+    """Per operation: the widths of its two operand ranges, and every ``(expression, answer, held out)`` it can
+    draw, indexed ``(a - lo_a) * width_b + (b - lo_b)`` (16,920 in all)."""
     table = []
     for op, (lo_a, hi_a), (lo_b, hi_b) in _OPERATIONS:
-        cells = []
-        for a in range(lo_a, hi_a + 1):
-            for b in range(lo_b, hi_b + 1):
-                expression = f"{a}{op}{b}="
-                cells.append((expression, str({"+": a + b, "-": a - b, "*": a * b}[op]), _is_heldout(expression)))
+        pairs = [_expression(op, a, b) for a in range(lo_a, hi_a + 1) for b in range(lo_b, hi_b + 1)]
+        cells = [(expression, answer, _is_heldout(expression)) for expression, answer in pairs]
         table.append((hi_a - lo_a + 1, hi_b - lo_b + 1, cells))
     return table
 

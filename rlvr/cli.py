@@ -67,8 +67,7 @@ def _list(what: str) -> int:
         from rlvr import algos
 
         for name in algos.names():
-            doc = (algos.get(name).__doc__ or "").strip().splitlines()
-            print(f"{name:20s} {doc[0] if doc else ''}")
+            print(f"{name:20s} {algos.get(name).summary}")
     elif what == "benchmarks":
         from rlvr.eval.benchmarks import BENCHMARKS
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
+from rlvr.algos.options import AlgorithmOptions
 from rlvr.data.sources import DatasetSpec
 
 
@@ -159,38 +161,37 @@ class RewardConfig(Section):
                                      "score is at least this.")
 
 
-class AlgorithmConfig(BaseModel):
-    """``name`` picks the algorithm; every other key is one of that algorithm's options
-    (``rlvr list algorithms``), validated by the algorithm's own options model."""
+def _algorithm_options(value: Any) -> Any:
+    """The ``algorithm`` section as its preset's options model, picked by ``name`` (default grpo): every other key
+    is one of that algorithm's options (``rlvr list algorithms``), validated by its model."""
+    from rlvr.algos import registry
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    if isinstance(value, AlgorithmOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping with a name and that algorithm's options, got {type(value).__name__}")
+    data = {"name": "grpo", **value}
+    name = data["name"]
+    if name not in registry.names():
+        raise ValueError(f"algorithm.name: {name!r} is unknown; known algorithms: {', '.join(registry.names())}")
+    cls = registry.get(name).options
+    try:
+        return cls(**data)
+    except ValidationError as error:
+        allowed = ", ".join(cls.model_fields)
+        problems = []
+        for e in error.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                problems.append(f"algorithm.{key}: unknown option of {name!r} (value {e['input']!r}); "
+                                f"allowed keys here: {allowed}")
+            else:
+                problems.append(f"algorithm.{key}: {e['msg']} (got {e['input']!r})")
+        raise ValueError("\n".join(problems)) from None
 
-    name: str = Field("grpo", description="Registered algorithm name.")
 
-    @model_validator(mode="after")
-    def _known_algorithm_and_options(self) -> AlgorithmConfig:
-        from rlvr import algos
-
-        if self.name not in algos.names():
-            raise ValueError(f"algorithm.name: {self.name!r} is unknown; known algorithms: {', '.join(algos.names())}")
-        cls = algos.get(self.name)
-        try:
-            cls.Options(**self.options())
-        except ValidationError as error:
-            allowed = ", ".join(["name", *cls.Options.model_fields])
-            problems = []
-            for e in error.errors():
-                key = ".".join(str(p) for p in e["loc"])
-                if e["type"] == "extra_forbidden":
-                    problems.append(f"algorithm.{key}: unknown option of {self.name!r} (value {e['input']!r}); "
-                                    f"allowed keys here: {allowed}")
-                else:
-                    problems.append(f"algorithm.{key}: {e['msg']} (got {e['input']!r})")
-            raise ValueError("\n".join(problems)) from None
-        return self
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+# The union of every preset's options model, told apart by ``name``; serialised as the model it holds.
+AlgorithmSection = Annotated[SerializeAsAny[AlgorithmOptions], BeforeValidator(_algorithm_options)]
 
 
 class LearnerConfig(Section):
@@ -304,7 +305,7 @@ class Recipe(Section):
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
-    algorithm: AlgorithmConfig = AlgorithmConfig()
+    algorithm: AlgorithmSection = Field(default_factory=lambda: _algorithm_options({}))
     learner: LearnerConfig = LearnerConfig()
     placement: PlacementConfig = PlacementConfig()
     trainer: TrainerConfig = TrainerConfig()
@@ -326,9 +327,7 @@ class Recipe(Section):
                 raise ValueError(f"rollout.early_rejection.tau: {early.tau} must be smaller than "
                                  f"rollout.max_new_tokens ({self.rollout.max_new_tokens}); partial responses are "
                                  "scored after tau tokens")
-        from rlvr import algos
-
-        problems = algos.get(self.algorithm.name).Options(**self.algorithm.options()).problems(self)
+        problems = self.algorithm.problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -354,9 +353,9 @@ class Recipe(Section):
         if importlib.util.find_spec("deepspeed") is None:
             raise ValueError("learner.backend 'deepspeed' needs the deepspeed package: pip install 'rlvr[deepspeed]' "
                              "(or use learner.backend torch)")
-        from rlvr import algos
+        from rlvr.algos import registry
 
-        if algos.get(self.algorithm.name).needs_hidden:
+        if registry.get(self.algorithm.name).needs_hidden:
             raise ValueError(f"learner.backend 'deepspeed' cannot train algorithm {self.algorithm.name!r}: its loss "
                              "reads the LM-head weight and hidden states, which ZeRO partitions across ranks; use "
                              "learner.backend torch")
@@ -380,9 +379,9 @@ class Recipe(Section):
                              "split; colocated vLLM engines are one per learner rank, on that rank's GPU "
                              "(tensor_parallel_size 1), see docs/multi-gpu.md")
         truncated = rollout.top_p < 1.0 or rollout.top_k > 0
-        engine_logprobs = not self.learner.recompute_old_logprobs or self.algorithm.options().get("tis_cap")
+        engine_logprobs = not self.learner.recompute_old_logprobs or self.algorithm.tis_cap is not None
         if truncated and engine_logprobs:
-            why = ("algorithm.tis_cap" if self.algorithm.options().get("tis_cap")
+            why = ("algorithm.tis_cap" if self.algorithm.tis_cap is not None
                    else "learner.recompute_old_logprobs false")
             raise ValueError(f"rollout.top_p {rollout.top_p} / rollout.top_k {rollout.top_k} with {why}: the loss "
                              "would use vLLM's log-probs, and vLLM 0.32 returns those of the top-p/top-k truncated "

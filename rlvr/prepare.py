@@ -27,12 +27,12 @@ def prepare(stage: str, recipe: Recipe) -> Path:
 def prepare_astar(recipe: Recipe) -> Path:
     """Sample ``num_ref_samples`` responses per training prompt from the initial policy, score them, and
     write ``{"prompt_id", "rewards"}`` rows to the algorithm's ``values_path``."""
-    from rlvr.algos.astar import AStarOptions, table_path, write_table
+    from rlvr.algos.astar import table_path, write_table
     from rlvr.trainer import Trainer, _seed
 
     if recipe.algorithm.name != "astar":
         raise ValueError(f"`rlvr prepare astar` needs a recipe with algorithm.name: astar, not {recipe.algorithm.name!r}")
-    options = AStarOptions(**recipe.algorithm.options())
+    options = recipe.algorithm
     path = table_path(options, recipe.trainer.output_dir)
     r, n = recipe.rollout, options.num_ref_samples
     rows: list[tuple[str, list[float]]] = []

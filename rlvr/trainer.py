@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rlvr import algos, checkpoint
-from rlvr.algos.base import RolloutSource
+from rlvr.algos.algorithm import RolloutSource
 from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import Recipe, dump_recipe
 from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
@@ -121,20 +121,21 @@ class Trainer:
         timer, algo, workers = PhaseTimer(), self.algorithm, self.workers
         source = _Source(self, timer, step)
         batch = source.sample(self.stream.next_batch())
-        batch = algo.post_rollout(batch, source)
+        batch, filter_metrics = algo.post_rollout(batch, source)
         # Rollout metrics cover everything sampled this step, including groups dynamic sampling dropped.
         row = {"step": step, **rollout_metrics(concat_batches(source.batches), source.errors),
-               "rollout/num_rows": len(batch)}
+               "rollout/num_rows": len(batch), **source.metrics, **filter_metrics}
         if len(batch) == 0:  # dynamic sampling found no informative group within its budget
             log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
                         step, algo.options.max_gen_batches)
-            return self.count_signal({**row, **algo.pop_metrics(), **timer.metrics()}, trained=False)
-        if algo.needs_reference_before_advantages:  # the KL in the reward reads both log-probs
+            return self.count_signal({**row, **timer.metrics()}, trained=False)
+        if algo.options.kl_in_reward:  # the KL in the reward reads both log-probs
             self.learner_logprobs(batch, timer)
-        batch.advantages = algo.advantages(batch)  # always: algorithm state (DCPO's statistics) moves with it
+        # Always: the estimator's state (DCPO's statistics) moves with it.
+        batch.advantages, advantage_estimates = algo.advantages(batch)
         trained = algo.update_would_move(batch)
         learner_metrics = self.learn(batch, timer) if trained else {}  # else no gradient: no learner work at all
-        row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **algo.pop_metrics(),
+        row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **advantage_estimates,
                     **learner_metrics, **timer.metrics()})
         if source.early_rejection:
             row.update(step_metrics(source.early_rejection))
@@ -165,19 +166,19 @@ class Trainer:
         truncated importance sampling read them before the update, so they keep the pass."""
         cfg, algo = self.recipe.learner, self.algorithm
         single_update = cfg.epochs == 1 and (cfg.mini_batch_size is None or cfg.mini_batch_size >= len(batch))
-        return not single_update or algo.needs_reference_before_advantages or algo.needs_rollout_logprobs
+        return not single_update or algo.options.kl_in_reward or algo.needs_rollout_logprobs
 
     def learn(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, float]:
         """The learner's part of a step with signal: log-probs (unless the advantages needed them first),
         truncated importance weights (when the algorithm asks for them), the update and the weight sync."""
         if batch.old_logprobs is None:
             self.learner_logprobs(batch, timer)
-        self.algorithm.importance_weights(batch)
+        weights = self.algorithm.importance_weights(batch)
         with timer("update"):
             metrics = self.workers.update(batch)
         with timer("sync"):
             self.workers.sync_weights()
-        return metrics
+        return {**weights, **metrics}
 
     def count_signal(self, row: dict[str, Any], trained: bool) -> dict[str, Any]:
         """``row`` with ``train/skipped_no_signal``; after ``NO_SIGNAL_WARN_AFTER`` skipped steps in a row, once
@@ -282,16 +283,18 @@ class Trainer:
 
     def save(self, step: int) -> None:
         staging = checkpoint.staging_dir(self.run_dir, step)
-        self.workers.save(str(staging))
+        learner_side = self.workers.save(str(staging))
         self.tokenizer.save_pretrained(staging)
-        torch.save(self.algorithm.state_dict(), staging / "algorithm_state.pt")
+        # The algorithm's state, both halves in one file: its driver-side parts' and its learner-side parts'.
+        torch.save({"driver": self.algorithm.state_dict(), "learner": learner_side}, staging / "algorithm_state.pt")
         state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
         checkpoint.commit(self.run_dir, step, staging, state, self.recipe.trainer.keep_checkpoints)
 
     def _restore(self, path: Path) -> None:
         state = checkpoint.read_state(path)
-        self.workers.load(str(path))
-        self.algorithm.load_state_dict(torch.load(path / "algorithm_state.pt", weights_only=False))
+        algorithm_state = torch.load(path / "algorithm_state.pt", weights_only=False)
+        self.workers.load(str(path), algorithm_state["learner"])
+        self.algorithm.load_state_dict(algorithm_state["driver"])
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
         self.metrics.keep_until(self.step)
@@ -345,6 +348,7 @@ class _Source(RolloutSource):
         self.trainer, self.timer, self.step = trainer, timer, step
         self.rounds = self.errors = self.tokens = 0
         self.batches: list[RolloutBatch] = []
+        self.metrics: dict[str, float] = {}  # reward shaping's, of the latest sampled batch
         self.prompts: dict[str, Prompt] = {}
         self.early_rejection: list[EarlyRejectionRollout] = []  # this step's controlled sampling calls
 
@@ -374,7 +378,7 @@ class _Source(RolloutSource):
                 self.early_rejection.append(result)
         with self.timer("reward"):
             self.errors += t.score(batch)
-        t.algorithm.shape_rewards(batch)
+        self.metrics.update(t.algorithm.shape_rewards(batch))
         if record:
             self.batches.append(batch)
         return batch

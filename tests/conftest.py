@@ -38,9 +38,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """A private model cache, so tests never read (or pollute) the user's ~/.cache/rlvr."""
-    path = tmp_path_factory.mktemp("rlvr-cache")
+def cache_dir() -> Path:
+    """The tests' own model cache (``$RLVR_TEST_CACHE_DIR``, default ``~/.cache/rlvr-tests``), never the user's
+    ~/.cache/rlvr. It lasts between sessions: the tiny model is keyed by its spec and a converted GGUF by its
+    file's hash, so a changed spec or file builds anew."""
+    path = Path(os.environ.get("RLVR_TEST_CACHE_DIR", Path.home() / ".cache" / "rlvr-tests"))
+    path.mkdir(parents=True, exist_ok=True)
     os.environ["RLVR_CACHE_DIR"] = str(path)
     return path
 

@@ -29,7 +29,7 @@ the token's row and ``eta`` the learning rate of the coming optimizer step:
 The loss is GRPO's as TRL computes it (``compute_loss``, ``_compute_final_loss``): ``A_i = (R_i - mean) /
 (std + 1e-4)`` per group, PPO clip 0.2 without dual clip, no KL, and ``seq-mean-token-mean`` over the kept
 tokens, ``(1/B) sum_i [sum_t m l / sum_t m]`` with ``m`` = response mask x curvature mask, which is what
-:meth:`ClippedAlgorithm.loss` computes with this module's mask.
+the shared objective (:mod:`rlvr.algos.objective`) computes with this module's mask.
 
 Defaults: the authors' recipe ``config_grpo_efficient_grpo_adam_fisher_mask_token_1e-4_hessian_mask_token_0.01
 .yaml``: tau_F 1e-4, tau_H 0.01, symmetric, Adam model with the trainer's betas 0.9 / 0.999 and eps 1e-8
@@ -69,65 +69,21 @@ Departures:
   count is unknown before the first backward); ``loss_agg_scope: micro-batch`` gives a kept-token mean.
 
 Memory: the k x H per-token temporaries are built in chunks of tokens (about ``CHUNK_ELEMENTS`` elements
-each, :attr:`CAPO.chunk_size` to set it); the moments grow, as the authors' dicts do, up to 2 x V x H floats
+each, :attr:`CurvatureMask.chunk_size` to set it); the moments grow, as the authors' dicts do, up to 2 x V x H floats
 (4.4 GB in fp32 for a 152k x 3584 LM head), on the learner's device, and are saved with the checkpoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from rlvr.algos.base import AlgorithmOptions, ClippedOptions, LossInputs
-from rlvr.algos.functional import AggMode
-from rlvr.algos.grpo import GRPOBase
-from rlvr.algos.registry import register
+from rlvr.algos.registry import token_mask
 
 CHUNK_ELEMENTS = 1 << 24  # elements of one [tokens, k, H] temporary when no chunk size is given
-
-
-class CAPOOptions(ClippedOptions):
-    loss_agg: AggMode = Field("seq-mean-token-mean", description="TRL 'grpo' loss over the kept tokens: each "
-                              "sequence's mean over its kept tokens, averaged over sequences (authors' code).")
-    adv_eps: float = Field(1e-4, ge=0.0, description="Added to the group reward std (TRL and the authors: 1e-4).")
-    dual_clip: float | None = Field(None, gt=1.0, description="TRL's loss has no dual clip (with one update per "
-                                    "batch the ratio is 1 and no clip binds); null: off.")
-    fisher_tau: float = Field(1e-4, ge=0.0, description="tau_F: keep a token only if its modelled policy shift "
-                              "KL_t < tau_F (recipe fisher_token_mask_tau 1e-4); 0: no Fisher test.")
-    hessian_tau: float = Field(0.01, ge=0.0, description="tau_H: keep a token only if its modelled objective "
-                               "shift |dJ_t| < tau_H (recipe hessian_token_mask_tau 0.01); 0: no objective test.")
-    hessian_symmetric_clipping: bool = Field(True, description="true: keep -tau_H < dJ_t < tau_H (recipe); "
-                                             "false: keep 0 <= dJ_t < tau_H.")
-    optimizer_model: Literal["adam", "sgd"] = Field(
-        "adam", description="The modelled update direction: Adam with moments per LM-head row (recipe "
-        "optim_model_type adam) or the raw per-token gradient.")
-    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam model beta1; must equal learner.betas[0].")
-    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam model beta2; must equal learner.betas[1].")
-    adam_eps: float = Field(1e-8, gt=0.0, description="Adam model epsilon (torch AdamW and HF default 1e-8).")
-    adam_cold_start: Literal["gradient", "adam"] = Field(
-        "gradient", description="Direction while the Adam model holds no row: the raw gradient (authors' code) "
-        "or Adam's bias-corrected step from zero moments.")
-    top_k: int | None = Field(50, ge=1, description="LM-head rows modelled per token, the top k by logit "
-                              "(authors: the generation top_k, transformers' default 50); null: the whole "
-                              "vocabulary (k = V, small vocabularies only).")
-
-    def problems(self, recipe) -> list[str]:
-        out = super().problems(recipe)
-        masking = self.fisher_tau > 0 or self.hessian_tau > 0
-        betas = tuple(recipe.learner.betas)
-        if masking and self.optimizer_model == "adam" and betas != (self.adam_beta1, self.adam_beta2):
-            out.append(f"algorithm.adam_beta1/adam_beta2 ({self.adam_beta1}, {self.adam_beta2}) differ from "
-                       f"learner.betas {betas}: CAPO's optimiser model must track the learner's AdamW; set them "
-                       "equal")
-        if self.tis_cap is not None:
-            out.append("algorithm.tis_cap: CAPO's curvature model scores tokens with the per-row advantage; "
-                       "truncated importance sampling is available for grpo, dapo, drgrpo, dcpo, forking-tokens "
-                       "and scaf_grpo")
-        return out
 
 
 # -- pure functions ------------------------------------------------------------------------------------------
@@ -390,39 +346,38 @@ def row_gradient_sums(
     return RowSums(flat_ids, sums, counts)
 
 
-# -- the algorithm -------------------------------------------------------------------------------------------
+# -- the token mask ------------------------------------------------------------------------------------------
 
 
-@register
-class CAPO(GRPOBase):
-    """CAPO: GRPO that masks tokens whose modelled LM-head update moves the objective or policy too far."""
+@token_mask("curvature", tis="CAPO's curvature model scores tokens with the per-row advantage")
+class CurvatureMask:
+    """CAPO's keep-mask from the curvature model, with the Adam model that tracks the optimiser. Its statistics go
+    into the loss's metrics; the kept tokens' row gradients of a mini-batch update the model after its optimizer
+    step (:meth:`after_step`). Truncated importance sampling is not offered: the model scores tokens with the
+    per-row advantage."""
 
-    name = "capo"
-    Options: ClassVar[type[AlgorithmOptions]] = CAPOOptions
-    needs_hidden = True
     chunk_size: int | None = None  # tokens per k x H temporary; None: about CHUNK_ELEMENTS elements
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, ctx):
+        self.options, self.run = ctx.options, ctx.run
         o = self.options
         self.moments = SparseAdamMoments(o.adam_beta1, o.adam_beta2, o.adam_eps)
         self._rows: RowSums | None = None  # kept-token row sums of the current mini-batch
-        self._mask_metrics: dict[str, float] = {}
 
     @property
     def masking(self) -> bool:
         return self.options.fisher_tau > 0 or self.options.hessian_tau > 0
 
-    def minibatch_context(self, minibatch, micro_rows, entropy_of):
+    def minibatch(self, minibatch, micro_rows, entropy_of) -> list[dict[str, Any]]:
         self._rows = None  # a skipped optimizer step must not carry its rows into the next mini-batch
-        return super().minibatch_context(minibatch, micro_rows, entropy_of)
+        return [{} for _ in micro_rows]
 
-    def token_mask(self, inputs: LossInputs) -> Tensor | None:  # [n,T] bool
-        """The curvature keep-mask; records its statistics for the loss's metrics and adds the kept tokens'
-        row gradients to the mini-batch's sums for :meth:`on_optimizer_step`."""
+    def mask(self, inputs) -> tuple[Tensor | None, dict[str, float]]:  # [n,T] bool
+        """The curvature keep-mask and its statistics; adds the kept tokens' row gradients to the mini-batch's
+        sums for :meth:`after_step`."""
         o = self.options
         if not self.masking:
-            return None
+            return None, {"capo/rejection_rate": 0.0}
         if inputs.hidden is None or inputs.lm_head_weight is None or inputs.response_tokens is None:
             raise RuntimeError("capo needs the last hidden states, the LM-head weight and the response tokens in "
                                "LossInputs (needs_hidden = True), but the learner passed none")
@@ -440,7 +395,7 @@ class CAPO(GRPOBase):
             rows = row_gradient_sums(curvature.ids[keep], curvature.coef[keep], hidden[keep], self.chunk_size)
             self._rows = rows if self._rows is None else self._rows.merge(rows)
         count = max(int(keep.numel()), 1)
-        self._mask_metrics = {
+        metrics = {
             "capo/rejection_rate": float((~keep).sum()) / count,
             "capo/rejection_rate_hessian": float((~keep_h).sum()) / count,
             "capo/rejection_rate_fisher": float((~keep_f).sum()) / count,
@@ -450,15 +405,9 @@ class CAPO(GRPOBase):
         }
         mask = torch.zeros_like(valid)
         mask[valid] = keep.to(valid.device)
-        return mask
+        return mask, metrics
 
-    def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
-        self._mask_metrics = {"capo/rejection_rate": 0.0}
-        total, metrics = super().loss(inputs)
-        metrics.update(self._mask_metrics)
-        return total, metrics
-
-    def on_optimizer_step(self) -> dict[str, float]:
+    def after_step(self) -> dict[str, float]:
         """One Adam-model step with the per-row mean gradient of the mini-batch's kept tokens."""
         if not self.masking or self.options.optimizer_model != "adam":
             return {}

@@ -5,10 +5,10 @@ Three changes to GRPO/DAPO:
 * Dynamic-adaptive clipping: token-specific ratio bounds from the old probability ``q`` of the sampled
   token, ``r_low = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / q, 0))``, ``r_high = 1/2 + 1/2 sqrt(1 + 4 eps_high / q)``
   (capped at 10 as the authors' code does; ``bound_cap: null`` for the paper), with the dual clip c=10
-  (:func:`~rlvr.algos.functional.dcpo_ratio_bounds`).
+  (:func:`dcpo_ratio_bounds`).
 * Smooth advantage standardisation: per-prompt reward statistics kept across steps (keyed by the stable
   prompt id) blend the current group's standardised reward with the all-appearances one
-  (:func:`~rlvr.algos.functional.dcpo_smooth_advantages`). On by default, as the paper describes; the
+  (:func:`dcpo_smooth_advantages`). On by default, as the paper describes; the
   released scripts leave it off (``use_old_mean.enable=False``): set ``smooth_advantages: false`` for that.
   The statistics are saved in checkpoints and restored by ``--resume``.
 * OTM aggregation: ``seq-mean-token-sum`` (the paper's definition; the code switched to ``token-mean``
@@ -20,96 +20,164 @@ Departure: a prompt that appears twice within one step updates its statistics on
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from rlvr.algos.base import AlgorithmOptions, ClippedAlgorithm, ClippedOptions, LossInputs
-from rlvr.algos.functional import (AggMode, clipped_pg_terms, dcpo_bound_metrics, dcpo_ratio_bounds,
-                                   dcpo_smooth_advantages)
-from rlvr.algos.registry import register
+from rlvr.algos.functional import group_stats
+from rlvr.algos.losses import fused_clipped_loss
+from rlvr.algos.registry import estimator, loss
 
 
-class DCPOOptions(ClippedOptions):
-    clip_eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="DCPO eps_low of the dynamic lower bound.")
-    clip_eps_high: float = Field(0.28, ge=0.0, description="DCPO eps_high of the dynamic upper bound.")
-    dual_clip: float | None = Field(10.0, gt=1.0, description="Dual clip c for A<0 (recipe clip_ratio_c 10).")
-    loss_agg: AggMode = Field("seq-mean-token-sum", description="OTM: token sums averaged over sequences.")
-    clip_type: Literal["dynamic", "fixed"] = Field(
-        "dynamic", description="dynamic: DCPO's per-token bounds; fixed: PPO's [1-eps_low, 1+eps_high].")
-    bound_cap: float | None = Field(10.0, gt=1.0, description="Upper cap on r_high (authors' code 10); null: "
-                                    "uncapped, as in the paper.")
-    smooth_advantages: bool = Field(True, description="SAS with per-prompt statistics across steps; false: "
-                                    "each group standardised alone (the released scripts).")
+class PromptStatistics:
+    """SAS's per-prompt reward statistics across steps: prompt id -> (times seen, mean, std)."""
 
-    def problems(self, recipe) -> list[str]:
-        out = super().problems(recipe)
-        if recipe.rollout.n < 2:
-            out.append("algorithm dcpo needs rollout.n >= 2: it standardises rewards within each prompt's group")
-        if self.adv_norm == "batch":
-            out.append("algorithm.adv_norm: dcpo standardises per prompt; use 'group' (default) or 'none'")
-        return out
-
-
-@register
-class DCPO(ClippedAlgorithm):
-    """DCPO: dynamic per-token clip bounds, smooth advantage standardisation across steps, OTM loss."""
-
-    name = "dcpo"
-    Options: ClassVar[type[AlgorithmOptions]] = DCPOOptions
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.stats: dict[str, tuple[int, float, float]] = {}  # prompt id -> (times seen, mean, std)
-
-    def advantages(self, batch) -> Tensor:  # [N]
-        o = self.options
-        rewards = self.reward_for_advantage(batch)
-        known = [self.stats.get(pid, (0, 0.0, 0.0)) if o.smooth_advantages else (0, 0.0, 0.0)
-                 for pid in batch.prompt_id]
-        times = torch.tensor([k[0] for k in known], dtype=torch.float64)
-        adv, mean, std = dcpo_smooth_advantages(rewards, batch.group, times,
-                                                torch.tensor([k[1] for k in known], dtype=torch.float64),
-                                                torch.tensor([k[2] for k in known], dtype=torch.float64),
-                                                norm=o.adv_norm != "none")
-        if o.smooth_advantages:
-            first_row: dict[int, int] = {}
-            for i, g in enumerate(batch.group.tolist()):
-                first_row.setdefault(g, i)
-            for g, i in first_row.items():
-                pid = batch.prompt_id[i]
-                self.stats[pid] = (int(times[i]) + 1, float(mean[i]), float(std[i]))
-            self.record({"dcpo/seen_before_frac": float((times > 0).float().mean()),
-                         "dcpo/prompts_tracked": float(len(self.stats))})
-        return adv
-
-    def clip_spec(self) -> dict[str, Any] | None:
-        """The fused kernel's DCPO bounds (``clip="dcpo"``), or PPO's fixed ones for ``clip_type: fixed``."""
-        o = self.options
-        if o.clip_type == "fixed":
-            return super().clip_spec()
-        return {"clip": "dcpo", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "bound_cap": o.bound_cap,
-                "dual_clip": o.dual_clip}
-
-    def per_token_loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, Tensor]]:
-        o = self.options
-        if o.clip_type == "fixed":
-            return super().per_token_loss(inputs)
-        low, high = dcpo_ratio_bounds(inputs.old_logp.detach(), o.clip_eps_low, o.clip_eps_high, o.bound_cap)
-        loss, _, ratio = clipped_pg_terms(inputs.logp, inputs.old_logp, inputs.advantages, 1.0 - low, high - 1.0,
-                                          o.dual_clip)
-        return loss, {"ratio": ratio, "low": low, "high": high, "advantages": inputs.advantages}
-
-    def clip_metrics(self, parts: dict[str, Tensor], valid: Tensor) -> dict[str, float]:
-        metrics = super().clip_metrics(parts, valid)
-        if self.options.clip_type == "dynamic":
-            metrics.update(dcpo_bound_metrics(parts["low"], parts["high"], valid))
-        return metrics
+    def __init__(self) -> None:
+        self.stats: dict[str, tuple[int, float, float]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"stats": dict(self.stats)} if self.stats else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stats = dict(state.get("stats", {}))
+
+
+@estimator("dcpo", state=PromptStatistics)
+def dcpo(batch, rewards: Tensor, ctx) -> tuple[Tensor, dict[str, float]]:  # [N]
+    """Smooth advantage standardisation (:func:`dcpo_smooth_advantages`) with the statistics of every earlier
+    appearance of each prompt, which it then updates; each group standardised alone with ``smooth_advantages``
+    off."""
+    o, stats = ctx.options, ctx.state.stats
+    known = [stats.get(pid, (0, 0.0, 0.0)) if o.smooth_advantages else (0, 0.0, 0.0) for pid in batch.prompt_id]
+    times = torch.tensor([k[0] for k in known], dtype=torch.float64)
+    adv, mean, std = dcpo_smooth_advantages(rewards, batch.group, times,
+                                            torch.tensor([k[1] for k in known], dtype=torch.float64),
+                                            torch.tensor([k[2] for k in known], dtype=torch.float64),
+                                            norm=o.adv_norm != "none")
+    if not o.smooth_advantages:
+        return adv, {}
+    first_row: dict[int, int] = {}
+    for i, g in enumerate(batch.group.tolist()):
+        first_row.setdefault(g, i)
+    for g, i in first_row.items():
+        stats[batch.prompt_id[i]] = (int(times[i]) + 1, float(mean[i]), float(std[i]))
+    return adv, {"dcpo/seen_before_frac": float((times > 0).float().mean()),
+                 "dcpo/prompts_tracked": float(len(stats))}
+
+
+@loss("dcpo", tis=True)
+def dcpo_clipped(inputs, ctx, agg) -> tuple[Tensor, dict[str, float]]:
+    """The clipped surrogate with DCPO's per-token bounds (:func:`dcpo_ratio_bounds`), or PPO's fixed ones for
+    ``clip_type: fixed``, by the fused kernel (``clip="dcpo"``)."""
+    o = ctx.options
+    if o.clip_type == "fixed":
+        spec = {"clip": "fixed", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "dual_clip": o.dual_clip}
+    else:
+        spec = {"clip": "dcpo", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "bound_cap": o.bound_cap,
+                "dual_clip": o.dual_clip}
+    return fused_clipped_loss(inputs, agg, spec)
+
+
+def dcpo_ratio_bounds(
+    old_logp: Tensor,  # [N,T]
+    eps_low: float,
+    eps_high: float,
+    cap: float | None = 10.0,
+) -> tuple[Tensor, Tensor]:  # low [N,T], high [N,T]
+    """DCPO dynamic-adaptive clipping (DAC) bounds on the ratio ``r`` (ALGORITHMS.md 2.1(a)).
+
+    DCPO bounds ``|(r - 1) p| <= eps`` with ``p = r q`` the new probability and ``q = exp(old_logp)`` the
+    old probability of the sampled token, instead of PPO's ``|r - 1| <= eps``. Solving the quadratics:
+
+        r_low(q)  = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / q, 0))
+        r_high(q) = min(1/2 + 1/2 sqrt(1 + 4 eps_high / q), cap)
+
+    so ``(r_high - 1) r_high q = eps_high`` exactly (before the cap), and ``(1 - r_low) r_low q = eps_low``
+    while ``q > 4 eps_low`` (below that ``r_low = 0.5``). Compared with fixed bounds
+    ``[1 - eps_low, 1 + eps_high]``: rare tokens get a much wider upper bound (q=0.01, eps_high=0.2 ->
+    5.0), likely ones a slightly tighter one (q=1 -> 1.171); the lower bound is never tighter than
+    ``(1 + sqrt(1 - 4 eps_low)) / 2`` (0.724 for eps_low=0.2, below 0.8) and is 0.5 once ``q <= 4 eps_low``.
+    Output dtype follows ``old_logp`` (computed in float64).
+    Feed the result to :func:`clipped_pg_terms` as ``1 - low`` and ``high - 1`` with ``dual_clip=10``.
+
+    Authors' code (lime-RL/DCPO ``core_algos.get_clip_low_high``, which names its argument
+    ``ref_logprob`` but receives the old log-prob) clamps ``r_high <= max(clip_ratio_c, 10)``; ``cap``
+    is that value (10 with the recipe's ``clip_ratio_c=10``); the paper has no cap: pass ``cap=None``.
+    Departure from the code: a token with ``q == 0`` (old log-prob -inf or underflowed) gets the limits
+    ``r_low = 0.5`` and ``r_high = cap``; the code's ``where(q != 0, ...)`` gives it ``r_low = 1``.
+    """
+    check_dcpo_bounds(eps_low, eps_high, cap)
+    inv_q = torch.exp(-old_logp.to(torch.float64))  # 1/q; inf when q underflows, which the formulas absorb
+    low = 0.5 + 0.5 * torch.sqrt(torch.clamp(1.0 - 4.0 * eps_low * inv_q, min=0.0))
+    high = 0.5 + 0.5 * torch.sqrt(1.0 + 4.0 * eps_high * inv_q)
+    if cap is not None:
+        high = torch.clamp(high, max=cap)
+    dtype = old_logp.dtype if old_logp.is_floating_point() else torch.float32
+    return low.to(dtype), high.to(dtype)
+
+
+def check_dcpo_bounds(eps_low: float, eps_high: float, cap: float | None) -> None:
+    """Raise unless the arguments of :func:`dcpo_ratio_bounds` are in range."""
+    if eps_low < 0 or eps_low >= 1:
+        raise ValueError(f"dcpo eps_low must be in [0, 1), got {eps_low} (the recipe uses 0.2)")
+    if eps_high < 0:
+        raise ValueError(f"dcpo eps_high must be >= 0, got {eps_high} (the recipe uses 0.28)")
+    if cap is not None and not cap > 1.0:
+        raise ValueError(f"dcpo cap on the upper ratio bound must be > 1 or None, got {cap} (code: 10)")
+
+
+def dcpo_bound_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, float]:
+    """Mean DCPO ratio bounds ``low``/``high`` [N,T] over the valid tokens of ``mask`` [N,T] (0 when none)."""
+    keep = mask.bool()
+    if not keep.any():
+        return {"dcpo/bound_low_mean": 0.0, "dcpo/bound_high_mean": 0.0}
+    return {"dcpo/bound_low_mean": float(low[keep].mean()), "dcpo/bound_high_mean": float(high[keep].mean())}
+
+
+def dcpo_smooth_advantages(
+    rewards: Tensor,  # [N]
+    group: Tensor,  # [N] int, rows of one prompt share a value
+    prev_times: Tensor,  # [N] appearances of the row's prompt before this step (0: never seen)
+    prev_mean: Tensor,  # [N] the prompt's reward mean over those appearances
+    prev_std: Tensor,  # [N] the prompt's pooled reward std over those appearances
+    norm: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # advantages [N], total mean [N], total std [N]
+    """DCPO smooth advantage standardisation (SAS, ALGORITHMS.md 2.1(b)).
+
+    For a prompt seen for the ``i``-th time (``i = prev_times + 1``), with the current group's mean and
+    unbiased std and the running statistics over all ``i`` appearances::
+
+        mu_tot  = (t mu_old + mu_new) / (t + 1)                                  (t = prev_times)
+        var_tot = [t sigma_old^2 + sigma_new^2 + t/(t+1) (mu_new - mu_old)^2] / (t + 1)
+        A_new   = (R - mu_new) / sigma_new,    A_tot = (R - mu_tot) / sigma_tot  (0 where a std is 0)
+        SA_new  = ((i-1)/i) A_new + (1/i) A_tot,    SA_tot = (1/i) A_new + ((i-1)/i) A_tot
+        A       = SA_new if |SA_new| < |SA_tot| else SA_tot
+
+    With ``norm=False`` the divisions are dropped. At ``t = 0`` the totals are the group's own statistics
+    and ``A`` is the group-standardised reward without epsilon. Returns the totals per row, to be stored
+    with ``times = prev_times + 1``. Authors' code: lime-RL/DCPO ``compute_dcpo_outcome_advantage``,
+    ``get_mean_std`` (its ``user_old_mean_ratio`` is 1.0 and not exposed). Groups need two rows or more.
+    """
+    rewards = rewards.to(torch.float64)
+    index, count, mean_g = group_stats(rewards, group)
+    num_groups = count.numel()
+    if bool((count < 2).any()):
+        raise ValueError("DCPO needs at least two samples per prompt (rollout.n >= 2) to standardise rewards")
+    var_g = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, index, (rewards - mean_g[index]) ** 2)
+    mu_new, sigma_new = mean_g[index], torch.sqrt(var_g / (count - 1))[index]
+    t = prev_times.to(torch.float64)
+    mu_old, sigma_old = prev_mean.to(torch.float64), prev_std.to(torch.float64)
+    mu_tot = torch.where(t > 0, (t * mu_old + mu_new) / (t + 1), mu_new)
+    var_tot = (t * sigma_old**2 + sigma_new**2 + t / (t + 1) * (mu_new - mu_old) ** 2) / (t + 1)
+    sigma_tot = torch.where(t > 0, torch.sqrt(var_tot), sigma_new)
+    if norm:
+        a_new = torch.where(sigma_new > 0, (rewards - mu_new) / sigma_new.clamp(min=1e-300), 0.0)
+        a_tot = torch.where(sigma_tot > 0, (rewards - mu_tot) / sigma_tot.clamp(min=1e-300), 0.0)
+    else:
+        a_new, a_tot = rewards - mu_new, rewards - mu_tot
+    i = t + 1
+    sa_new = (i - 1) / i * a_new + a_tot / i
+    sa_tot = a_new / i + (i - 1) / i * a_tot
+    adv = torch.where(sa_new.abs() < sa_tot.abs(), sa_new, sa_tot)
+    return adv.to(torch.float32), mu_tot, sigma_tot

@@ -37,128 +37,39 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 
-from rlvr.algos.base import AlgorithmOptions, ClippedOptions, RolloutSource
-from rlvr.algos.grpo import GRPOBase
-from rlvr.algos.registry import register
+from rlvr.algos.presets.scaf import PAPER_TEMPLATE, TIERS, HintLadder, ScafGRPOOptions
+from rlvr.algos.registry import rollout_filter
 
-Tier = Literal["knowledge", "planning", "solution"]
-TIERS: tuple[str, ...] = ("knowledge", "planning", "solution")
-PAPER_TEMPLATE = "Question: {problem}\n{tier} Hints: {hint}"
-DATASET_FIELDS = {"knowledge": "knowledge_components_parts", "planning": "planning_skeleton_parts",
-                  "solution": "solution_breakdown_parts"}
-
-HintLadder = list[tuple[str, int, str]]  # (tier, level from 1, hint text) in search order
+__all__ = ["PAPER_TEMPLATE", "TIERS", "HintSearch", "field_hints", "hint_provider", "scaf_hints"]
 
 
-class ScafGRPOOptions(ClippedOptions):
-    exemption_steps: int | None = Field(
-        None, ge=0, description="Steps without hints (authors' code: 50); null: exemption_frac of total_steps.")
-    exemption_frac: float = Field(0.15, ge=0.0, lt=1.0, description="Exemption as a fraction of "
-                                  "trainer.total_steps (paper: 15%; 10-40% plateau, 0-5% worse).")
-    hints: str = Field("fields", description="Where hints come from: 'fields' (dataset columns, hint_fields), "
-                       "'arithmetic' (the tiny task's own ladder) or a 'module:function' spec returning "
-                       "{tier: [level texts]} from fn(problem, answer, **fields).")
-    hint_fields: dict[Tier, str] = Field(default_factory=lambda: dict(DATASET_FIELDS),
-                                         description="hints: fields - the dataset column of each tier's items.")
-    hint_tiers: list[Tier] = Field(list(TIERS), min_length=1, description="Tiers searched, in this order "
-                                   "(authors' code: knowledge, solution).")
-    hint_levels: int = Field(4, ge=1, description="Cumulative levels per tier (paper: 4).")
-    hint_template: str | None = Field(
-        None, description="The hinted problem, with {problem}, {hint} and optionally {tier}; default the "
-        "authors' 'Question: {problem}\\n{tier} Hints: {hint}' (the arithmetic task: '{hint}|{problem}').")
-    hint_join: str = Field(" ", description="hints: fields - how a level's items are joined (authors: space).")
-    hint_search: Literal["parallel", "sequential"] = Field(
-        "parallel", description="All levels sampled at once, lowest success wins (code), or level by level "
-        "with early stop (paper).")
-    replace_row: Literal["first", "random"] = Field("first", description="The failed row a rescue replaces: "
-                                                    "the group's first (code) or a random one (paper).")
+class HintSearch:
+    """The hint search of one run: the options' hint source, built on first use. Keeps no state across steps."""
 
-    @field_validator("hint_template")
-    @classmethod
-    def _template_fields(cls, value: str | None) -> str | None:
-        if value is not None:
-            for name in ("{problem}", "{hint}"):
-                if name not in value:
-                    raise ValueError(f"must contain {name} (allowed placeholders: {{problem}}, {{hint}}, {{tier}})")
-        return value
-
-    @field_validator("hint_tiers")
-    @classmethod
-    def _unique_tiers(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"lists a tier twice ({value}); tiers are {', '.join(TIERS)}")
-        return value
-
-    @field_validator("hints")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        if value not in ("fields", "arithmetic") and ":" not in value:
-            raise ValueError(f"{value!r} is not 'fields', 'arithmetic' or a 'package.module:function' spec")
-        return value
-
-    def problems(self, recipe) -> list[str]:
-        out = super().problems(recipe)
-        if recipe.rollout.n < 2:
-            out.append("algorithm: scaf_grpo needs rollout.n >= 2: a rescued group of one sample has no advantage")
-        if self.dynamic_sampling:
-            out.append("algorithm.dynamic_sampling: scaf_grpo rescues all-fail groups instead of dropping them; "
-                       "use one or the other")
-        return out
-
-    def template(self) -> str:
-        if self.hint_template is not None:
-            return self.hint_template
-        if self.hints == "arithmetic":
-            from rlvr.data.tasks.arithmetic import HINT_TEMPLATE
-
-            return HINT_TEMPLATE
-        return PAPER_TEMPLATE
-
-
-@register
-class ScafGRPO(GRPOBase):
-    """Scaf-GRPO: GRPO whose all-fail groups are rescued by on-policy samples of tiered hinted prompts."""
-
-    name = "scaf_grpo"
-    Options: ClassVar[type[AlgorithmOptions]] = ScafGRPOOptions
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self._provider: Callable[[Any], dict[str, list[str]]] | None = None
+        self.options: ScafGRPOOptions | None = None
 
-    @property
-    def exemption_end(self) -> int:
-        """The last step without hints."""
-        o = self.options
-        return o.exemption_steps if o.exemption_steps is not None else round(o.exemption_frac * self.run.total_steps)
-
-    # -- hints -------------------------------------------------------------------------------------
-    def provider(self) -> Callable[[Any], dict[str, list[str]]]:
-        if self._provider is None:
-            self._provider = hint_provider(self.options)
+    def provider(self, options: ScafGRPOOptions) -> Callable[[Any], dict[str, list[str]]]:
+        if self._provider is None or self.options is not options:
+            self._provider, self.options = hint_provider(options), options
         return self._provider
 
-    def ladder(self, prompt) -> HintLadder:
+    def ladder(self, prompt, options: ScafGRPOOptions) -> HintLadder:
         """The hinted variants of ``prompt`` in search order: tiers in ``hint_tiers`` order, levels 1..L."""
-        levels = self.provider()(prompt)
-        return [(tier, level, text) for tier in self.options.hint_tiers
-                for level, text in enumerate(levels.get(tier, [])[: self.options.hint_levels], 1)]
+        levels = self.provider(options)(prompt)
+        return [(tier, level, text) for tier in options.hint_tiers
+                for level, text in enumerate(levels.get(tier, [])[: options.hint_levels], 1)]
 
-    def hinted(self, prompt, tier: str, text: str):
-        """``prompt`` with its problem replaced by the hinted problem (same id, answer and fields)."""
-        problem = self.options.template().format(problem=prompt.problem, hint=text, tier=tier.capitalize())
-        return prompt.with_problem(problem)
-
-    def prepare_prompts(self, prompts: list[Any], recipe) -> list[Any]:
+    def prepare(self, prompts: list[Any], recipe, options: ScafGRPOOptions) -> list[Any]:
         """Fail before any work when no training prompt has a hint (wrong ``hint_fields``, say)."""
         sample = prompts[: min(len(prompts), 256)]
-        if not any(self.ladder(p) for p in sample):
-            o = self.options
+        if not any(self.ladder(p, options) for p in sample):
+            o = options
             where = (f"none of the hint fields {sorted(o.hint_fields[t] for t in o.hint_tiers)} is a non-empty list "
                      f"in the first {len(sample)} prompts of {recipe.data.train!r} (their fields: "
                      f"{sorted(prompts[0].fields)}); set algorithm.hint_fields, or algorithm.hints: arithmetic "
@@ -166,75 +77,97 @@ class ScafGRPO(GRPOBase):
             raise ValueError(f"scaf_grpo: {where}")
         return prompts
 
-    # -- the search --------------------------------------------------------------------------------
-    def post_rollout(self, batch, source: RolloutSource):
-        if source.step <= self.exemption_end:
-            self.record({"scaf/exempt": 1.0})
-            return batch
-        groups = list(dict.fromkeys(batch.group.tolist()))
-        fails = [g for g in groups if not bool(batch.correct[batch.group == g].any())]
-        prompts = {g: source.prompt(batch.prompt_id[_first_row(batch, g)]) for g in fails}
-        ladders = {g: [(tier, level, self.hinted(prompts[g], tier, text))
-                       for tier, level, text in self.ladder(prompts[g])] for g in fails}
-        search = self._search_parallel if self.options.hint_search == "parallel" else self._search_sequential
-        found, sampled, correct = search(ladders, source)
-        metrics = {"scaf/exempt": 0.0, "scaf/all_fail_groups": float(len(fails)),
-                   "scaf/all_fail_frac": len(fails) / max(len(groups), 1), "scaf/rescued_groups": float(len(found)),
-                   "scaf/rescued_frac": len(found) / len(fails) if fails else 0.0,
-                   "scaf/hint_samples": float(sampled), "scaf/hint_accuracy": correct / sampled if sampled else 0.0}
-        for tier in self.options.hint_tiers:
-            for level in range(1, self.options.hint_levels + 1):
-                metrics[f"scaf/level/{tier}-{level}"] = float(sum(1 for _, _, t, lv in found.values()
-                                                                  if (t, lv) == (tier, level)))
-        self.record(metrics)
-        return self.replace_rows(batch, found, source.step) if found else batch
+    def state_dict(self) -> dict[str, Any]:
+        return {}
 
-    def _search_parallel(self, ladders: dict[int, list[tuple]], source: RolloutSource):
-        """One sample of every level of every all-fail prompt in one call; the first success in ladder order."""
-        requests = [(g, k) for g, ladder in ladders.items() for k in range(len(ladder))]
-        if not requests:
-            return {}, 0, 0
-        hinted = source.sample([ladders[g][k][2] for g, k in requests], [1] * len(requests), record=False)
-        found: dict[int, tuple] = {}
-        for j, (g, k) in enumerate(requests):
-            if g not in found and bool(hinted.correct[j]):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def exemption_end(options: ScafGRPOOptions, total_steps: int) -> int:
+    """The last step without hints."""
+    o = options
+    return o.exemption_steps if o.exemption_steps is not None else round(o.exemption_frac * total_steps)
+
+
+def hinted(prompt, tier: str, text: str, options: ScafGRPOOptions):
+    """``prompt`` with its problem replaced by the hinted problem (same id, answer and fields)."""
+    problem = options.template().format(problem=prompt.problem, hint=text, tier=tier.capitalize())
+    return prompt.with_problem(problem)
+
+
+@rollout_filter("scaf_hints", state=HintSearch)
+def scaf_hints(batch, source, ctx) -> tuple[Any, dict[str, float]]:
+    """After the exemption, every all-fail group's hint ladder is searched and its first successful hinted sample
+    replaces one of the group's failed rows."""
+    o, search_state = ctx.options, ctx.state
+    if source.step <= exemption_end(o, ctx.run.total_steps):
+        return batch, {"scaf/exempt": 1.0}
+    groups = list(dict.fromkeys(batch.group.tolist()))
+    fails = [g for g in groups if not bool(batch.correct[batch.group == g].any())]
+    prompts = {g: source.prompt(batch.prompt_id[_first_row(batch, g)]) for g in fails}
+    ladders = {g: [(tier, level, hinted(prompts[g], tier, text, o))
+                   for tier, level, text in search_state.ladder(prompts[g], o)] for g in fails}
+    search = _search_parallel if o.hint_search == "parallel" else _search_sequential
+    found, sampled, correct = search(ladders, source)
+    metrics = {"scaf/exempt": 0.0, "scaf/all_fail_groups": float(len(fails)),
+               "scaf/all_fail_frac": len(fails) / max(len(groups), 1), "scaf/rescued_groups": float(len(found)),
+               "scaf/rescued_frac": len(found) / len(fails) if fails else 0.0,
+               "scaf/hint_samples": float(sampled), "scaf/hint_accuracy": correct / sampled if sampled else 0.0}
+    for tier in o.hint_tiers:
+        for level in range(1, o.hint_levels + 1):
+            metrics[f"scaf/level/{tier}-{level}"] = float(sum(1 for _, _, t, lv in found.values()
+                                                              if (t, lv) == (tier, level)))
+    return (replace_rows(batch, found, source.step, o.replace_row) if found else batch), metrics
+
+
+def _search_parallel(ladders: dict[int, list[tuple]], source):
+    """One sample of every level of every all-fail prompt in one call; the first success in ladder order."""
+    requests = [(g, k) for g, ladder in ladders.items() for k in range(len(ladder))]
+    if not requests:
+        return {}, 0, 0
+    hinted_batch = source.sample([ladders[g][k][2] for g, k in requests], [1] * len(requests), record=False)
+    found: dict[int, tuple] = {}
+    for j, (g, k) in enumerate(requests):
+        if g not in found and bool(hinted_batch.correct[j]):
+            tier, level, _ = ladders[g][k]
+            found[g] = (hinted_batch, j, tier, level)
+    return found, len(requests), int(hinted_batch.correct.sum())
+
+
+def _search_sequential(ladders: dict[int, list[tuple]], source):
+    """Level k of every still-unrescued prompt per call, until each succeeds or runs out of levels."""
+    found: dict[int, tuple] = {}
+    sampled = correct = 0
+    for k in range(max((len(ladder) for ladder in ladders.values()), default=0)):
+        todo = [g for g, ladder in ladders.items() if g not in found and k < len(ladder)]
+        if not todo:
+            break
+        hinted_batch = source.sample([ladders[g][k][2] for g in todo], [1] * len(todo), record=False)
+        sampled, correct = sampled + len(todo), correct + int(hinted_batch.correct.sum())
+        for j, g in enumerate(todo):
+            if bool(hinted_batch.correct[j]):
                 tier, level, _ = ladders[g][k]
-                found[g] = (hinted, j, tier, level)
-        return found, len(requests), int(hinted.correct.sum())
+                found[g] = (hinted_batch, j, tier, level)
+    return found, sampled, correct
 
-    def _search_sequential(self, ladders: dict[int, list[tuple]], source: RolloutSource):
-        """Level k of every still-unrescued prompt per call, until each succeeds or runs out of levels."""
-        found: dict[int, tuple] = {}
-        sampled = correct = 0
-        for k in range(max((len(ladder) for ladder in ladders.values()), default=0)):
-            todo = [g for g, ladder in ladders.items() if g not in found and k < len(ladder)]
-            if not todo:
-                break
-            hinted = source.sample([ladders[g][k][2] for g in todo], [1] * len(todo), record=False)
-            sampled, correct = sampled + len(todo), correct + int(hinted.correct.sum())
-            for j, g in enumerate(todo):
-                if bool(hinted.correct[j]):
-                    tier, level, _ = ladders[g][k]
-                    found[g] = (hinted, j, tier, level)
-        return found, sampled, correct
 
-    def replace_rows(self, batch, found: dict[int, tuple], step: int):
-        """``batch`` with one failed row of each rescued group replaced by its successful hinted sample."""
-        from rlvr.batch import concat_batches
+def replace_rows(batch, found: dict[int, tuple], step: int, replace_row: str = "first"):
+    """``batch`` with one failed row of each rescued group replaced by its successful hinted sample."""
+    from rlvr.batch import concat_batches
 
-        rescues = []
-        for g, (hinted, j, _, _) in found.items():
-            row = hinted.select([j])
-            row.group = torch.tensor([g], dtype=torch.long)
-            rescues.append(row)
-        combined = concat_batches([batch, *rescues])
-        index = list(range(len(batch)))
-        for m, g in enumerate(found):
-            members = [i for i, x in enumerate(batch.group.tolist()) if x == g]
-            victim = members[0] if self.options.replace_row == "first" else \
-                random.Random(step * 1_000_003 + g).choice(members)
-            index[victim] = len(batch) + m
-        return combined.select(index)
+    rescues = []
+    for g, (hinted_batch, j, _, _) in found.items():
+        row = hinted_batch.select([j])
+        row.group = torch.tensor([g], dtype=torch.long)
+        rescues.append(row)
+    combined = concat_batches([batch, *rescues])
+    index = list(range(len(batch)))
+    for m, g in enumerate(found):
+        members = [i for i, x in enumerate(batch.group.tolist()) if x == g]
+        victim = members[0] if replace_row == "first" else random.Random(step * 1_000_003 + g).choice(members)
+        index[victim] = len(batch) + m
+    return combined.select(index)
 
 
 def _first_row(batch, group: int) -> int:

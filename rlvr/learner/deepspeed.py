@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlvr.algos.base import ADDITIVE_METRICS, Algorithm
+from rlvr.algos.algorithm import Algorithm
+from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
 from rlvr.config import LearnerConfig, Recipe
 from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
@@ -335,17 +336,18 @@ class DeepSpeedLearner:
         arrays = self.weights()
         return digest_arrays(arrays) if self.rank == 0 else ""
 
-    def save(self, directory: str) -> None:
-        """The model in Hugging Face format and the scheduler and algorithm state (rank 0), and DeepSpeed's
-        optimizer and engine state (every rank its partition) under ``directory/deepspeed``."""
+    def save(self, directory: str) -> dict:
+        """The model in Hugging Face format and the scheduler state (rank 0), and DeepSpeed's optimizer and engine
+        state (every rank its partition) under ``directory/deepspeed``; returns the algorithm's learner-side state,
+        which the driver saves with its own."""
         state = self._full_state()
         if self.rank == 0:
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-            torch.save({"scheduler": self.scheduler.state_dict(), "algorithm": self.algorithm.state_dict()},
-                       Path(directory) / "learner_state.pt")
+            torch.save({"scheduler": self.scheduler.state_dict()}, Path(directory) / "learner_state.pt")
         self.engine.save_checkpoint(str(Path(directory) / ENGINE_DIR), tag=ENGINE_TAG, save_latest=False)
+        return self.algorithm.state_dict()
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, algorithm_state: dict) -> None:
         """Resume from :meth:`save`'s files; the group must have as many ranks and the same ZeRO stage."""
         engine_dir = Path(directory) / ENGINE_DIR
         if not (engine_dir / ENGINE_TAG).is_dir():
@@ -355,7 +357,7 @@ class DeepSpeedLearner:
                                     load_lr_scheduler_states=False)
         state = torch.load(Path(directory) / "learner_state.pt", weights_only=False)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.algorithm.load_state_dict(state["algorithm"])
+        self.algorithm.load_state_dict(algorithm_state)
 
     def _gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value``, in rank order, on rank 0 (``None`` elsewhere)."""

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlvr.algos.base import ADDITIVE_METRICS, Algorithm, LossInputs
+from rlvr.algos.algorithm import Algorithm, LossInputs
+from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
 from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, learner_memory, learner_phase,
@@ -161,21 +162,20 @@ class TorchLearner:
         report["update_peak"] = step["peak"]  # gradients, activations and the backward's transients at the worst moment
         return report
 
-    def save(self, directory: str) -> None:
-        """Model in Hugging Face format, optimizer, scheduler and the algorithm's learner-side state."""
+    def save(self, directory: str) -> dict:
+        """Model in Hugging Face format, optimizer and scheduler; returns the algorithm's learner-side state, which
+        the driver saves with its own (one file, ``algorithm_state.pt``)."""
         self.model.save_pretrained(directory, safe_serialization=True)
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "algorithm": self.algorithm.state_dict()},
-            Path(directory) / "learner_state.pt",
-        )
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   Path(directory) / "learner_state.pt")
+        return self.algorithm.state_dict()
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, algorithm_state: dict) -> None:
         load_weights_from_dir(self.model, directory)
         state = torch.load(Path(directory) / "learner_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.algorithm.load_state_dict(state["algorithm"])
+        self.algorithm.load_state_dict(algorithm_state)
 
 
 def micro_loss(algorithm: Algorithm, forward, micro: RolloutBatch, num_tokens: float, num_seqs: float,

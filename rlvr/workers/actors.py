@@ -174,11 +174,11 @@ class _Learning(_Sampler):
         """The torch learner's :meth:`~rlvr.learner.torch.TorchLearner.memory_report` (scripts/bench_memory.py)."""
         return self.learner.memory_report(batch)
 
-    def save(self, directory: str) -> None:
-        self.learner.save(directory)
+    def save(self, directory: str) -> dict[str, Any]:
+        return self.learner.save(directory)
 
-    def load(self, directory: str) -> None:
-        self.learner.load(directory)
+    def load(self, directory: str, algorithm_state: dict[str, Any]) -> None:
+        self.learner.load(directory, algorithm_state)
 
 
 @ray.remote

@@ -219,11 +219,12 @@ class Workers:
         """One step's optimizer updates on ``batch``; the learner's metrics."""
         return self._on_learners("update", batch)
 
-    def save(self, directory: str) -> None:
-        self._on_learners("save", directory)
+    def save(self, directory: str) -> dict[str, Any]:
+        """The learners' checkpoint files in ``directory``; returns the algorithm's learner-side state."""
+        return self._on_learners("save", directory)
 
-    def load(self, directory: str) -> None:
-        self._on_learners("load", directory)
+    def load(self, directory: str, algorithm_state: dict[str, Any]) -> None:
+        self._on_learners("load", directory, algorithm_state)
 
     def learner_digest(self) -> str:
         """:func:`rlvr.workers.weights.digest` of the learner's full weights."""

@@ -1,7 +1,7 @@
-"""Weight sync from the learner to the rollout engines: one interface (:class:`WeightSync`), three roads.
+"""Weight sync from the learner to vLLM engines on GPUs: two roads, each ``setup()`` once, ``send(tensors, specs)``
+after every update, ``close()`` at the end. (Host arrays through Ray's object store, the road of split engines on
+CPUs and of Hugging Face engines, is :meth:`rlvr.workers.placement.Workers.sync_weights` itself.)
 
-- :class:`ObjectStoreSync`: split placement with Hugging Face engines (CPU or GPU). Host numpy arrays through Ray's
-  object store into each engine's ``load_weights``; no vLLM API.
 - :class:`NCCLBroadcastSync`: split placement with vLLM engines on GPUs of their own. Packed NCCL broadcast from the
   learner's GPU to every engine worker; vLLM's ``NCCLTrainerWeightTransferEngine``.
 - :class:`CudaIpcSync`: colocated placement, the learner and a vLLM engine on one GPU. The engine maps the learner's
@@ -10,9 +10,8 @@
 :func:`sync_kind` says which road a placement takes; colocated Hugging Face engines sample with the learner's own
 module and need none. A sync lives in the learner's rank-0 process (the sender) and is built with the engines it
 feeds: :class:`rlvr.rollout.vllm.VLLMEngine` objects in the same process (colocated), or Ray actor handles whose
-actor forwards the engine's weight-sync methods (:data:`ENGINE_METHODS`) to its engine (split). ``setup()`` once,
-``send(model.state_dict().items())`` after every update (it returns the bytes it moved; the trainer times it and
-logs both), ``close()`` at the end.
+actor forwards the engine's weight-sync methods (:data:`ENGINE_METHODS`) to its engine (split). ``send`` returns
+the bytes it moved; the trainer times it and logs both.
 
 The two GPU roads are vLLM 0.32's own trainer side (paths inside the vLLM wheel):
 
@@ -43,7 +42,7 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -58,17 +57,6 @@ ENGINE_METHODS = ("weight_sync_info", "init_weight_transfer_engine", "start_weig
                   "finish_weight_update", "shutdown_weight_transfer_engine", "load_weights")
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
-
-
-class WeightSync(Protocol):
-    """Learner -> rollout engines. ``send`` takes Hugging Face names as the learner's state dict gives them and
-    returns the bytes it moved (each tensor once, however many engines receive it)."""
-
-    def setup(self) -> None: ...
-
-    def send(self, named_tensors: NamedTensors) -> int: ...
-
-    def close(self) -> None: ...
 
 
 def sync_kind(engine: str, colocated: bool, cuda: bool) -> str:
@@ -284,7 +272,7 @@ def check_port_free(host: str, port: int) -> None:
 def require_cuda(road: str) -> None:
     if not torch.cuda.is_available():
         raise RuntimeError(f"{road} moves CUDA tensors GPU to GPU and torch sees no CUDA device here; "
-                           "a CPU learner syncs through ObjectStoreSync")
+                           "a CPU learner's weights go through the Ray object store")
 
 
 def current_gpu_uuid() -> str:
@@ -394,7 +382,7 @@ class EngineGroup:
 def _check_cuda(name: str, tensor: torch.Tensor) -> None:
     if not tensor.is_cuda:
         raise ValueError(f"weight {name!r} is on {tensor.device}; GPU weight sync sends CUDA tensors (a CPU learner "
-                         "syncs through ObjectStoreSync)")
+                         "sends host arrays through the Ray object store)")
 
 
 class RoundSource:
@@ -437,36 +425,7 @@ class RoundSource:
             yield name, tensor.detach()
 
 
-# ---- the three roads ----
-
-
-class ObjectStoreSync:
-    """Host numpy arrays through Ray's object store (what split placement does today, rlvr/workers/placement.py):
-    the tensors as :func:`rlvr.workers.weights.tensor_arrays` (bf16 as int16 bits), put once, and each engine's
-    ``load_weights`` reads them zero-copy. The whole model passes through host memory; no buckets."""
-
-    def __init__(self, engines: Sequence[Any]):
-        self.engines = EngineGroup(engines)
-
-    def setup(self) -> None:
-        if not self.engines.engines:
-            raise ValueError("ObjectStoreSync needs at least one engine")
-
-    def send(self, named_tensors: NamedTensors) -> int:
-        from rlvr.workers.weights import tensor_arrays
-
-        arrays = tensor_arrays(dict(named_tensors))
-        remote = [_is_actor_method(engine, "load_weights") for engine in self.engines.engines]
-        ref = None
-        if any(remote):
-            import ray
-
-            ref = ray.put(arrays)  # one copy in the object store, however many actors read it
-        self.engines.call("load_weights", per_engine=[(ref if is_remote else arrays,) for is_remote in remote])
-        return sum(array.nbytes for array in arrays.values())
-
-    def close(self) -> None:
-        pass
+# ---- the two GPU roads ----
 
 
 class _TrainerEngineSync:
@@ -596,5 +555,3 @@ class CudaIpcSync(_TrainerEngineSync):
         self._trainer.packed_buffer_size_bytes = capacity
         return ipc_buckets(specs, capacity)
 
-
-SYNCS = {"object_store": ObjectStoreSync, "nccl": NCCLBroadcastSync, "ipc": CudaIpcSync}

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from rlvr import algos
-from rlvr.algos.base import LossInputs, RunInfo
+from rlvr.algos.algorithm import LossInputs, RunInfo
 from rlvr.algos.functional import AGG_MODES, group_advantages
+from rlvr.algos.registry import Part
 from rlvr.kernels.policy_loss import policy_loss
-from tests.unit.test_policy_loss_kernel import (CLIPS, LOSS_SCALE, _assert_close, _assert_stats, _expected_stats,
-                                                _inputs, _reference)
+from tests.unit.test_policy_loss_kernel import (CLIPS, LOSS_SCALE, _assert_close, _assert_stats, _composed_loss,
+                                                _expected_stats, _inputs, _reference)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -91,7 +92,7 @@ def test_algorithm_loss_on_cuda(name, options, monkeypatch):
 
     algorithm = algos.build(name, run=RunInfo(max_new_tokens=1500), **options)
     fused = run()
-    monkeypatch.setattr(algorithm, "clip_spec", lambda: None)
+    algorithm.loss_part = Part("composed", _composed_loss, meta=algorithm.loss_part.meta)
     unfused = run()
     assert fused[0] == pytest.approx(unfused[0], rel=1e-5)
     assert (fused[1] - unfused[1]).norm() <= 1e-5 * unfused[1].norm()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from rlvr import algos
 from tests.conftest import REPO
 
 RECIPE = str(REPO / "recipes/tiny/grpo.yaml")
@@ -21,8 +22,8 @@ def _rlvr(*args, cwd):
 def test_unknown_algorithm_fails_at_once_listing_the_known_ones(tmp_path):
     result, seconds = _rlvr("train", RECIPE, "algorithm.name=nope", f"trainer.output_dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 2
-    assert ("algorithm.name: 'nope' is unknown; known algorithms: astar, capo, copo, dapo, dcpo, drgrpo, "
-            "forking-tokens, grpo, scaf_grpo") in result.stderr
+    assert f"algorithm.name: 'nope' is unknown; known algorithms: {', '.join(algos.names())}" in result.stderr
+    assert "astar, capo, copo, dapo, dcpo, drgrpo, forking-tokens, grpo, gspo, rloo, scaf_grpo" in result.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
     assert seconds < 60
 
@@ -39,7 +40,9 @@ def test_list_algorithms_and_rewards(tmp_path):
     assert algorithms.returncode == 0
     lines = algorithms.stdout.strip().splitlines()
     names = [line.split()[0] for line in lines]
-    assert names == ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo", "scaf_grpo"]
+    assert names == algos.names()  # every registered preset, in order
+    assert {"astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo", "gspo", "rloo",
+            "scaf_grpo"} <= set(names)
     assert all(len(line.split(None, 1)[1]) > 30 for line in lines)  # a one-line description each
     assert "DCPO: dynamic per-token clip bounds" in algorithms.stdout
     rewards, _ = _rlvr("list", "rewards", cwd=tmp_path)

@@ -13,6 +13,8 @@ from rlvr.data.tasks import arithmetic
 from rlvr.trainer import train
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 PROBLEMS = arithmetic.problems("train", 16, seed=5)
 MULTI_README = """---
 configs:

@@ -21,6 +21,8 @@ from rlvr.rollout.engine import SamplingParams
 from rlvr.trainer import Trainer, train
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 SHARED = {"learner.lr": 1e-3, "learner.warmup_steps": 2, "learner.micro_batch_size": 16, "algorithm.kl_coef": 0.01}
 DEEPSPEED = {"learner.backend": "deepspeed", "learner.num_ranks": 2}
 # Colocated: rank 0 samples with a copy that each update refreshes (split ZeRO-3 is the weight-sync test's).

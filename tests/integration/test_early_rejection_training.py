@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlvr.config import build_recipe
 from rlvr.trainer import train
 from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
 
 
 def test_training_with_early_rejection_keeps_n_rows_per_prompt_and_counts_every_token(tiny_model_dir, ray_session,

@@ -28,6 +28,7 @@ def _rlvr_eval(*args, cwd, timeout=300):
                           timeout=timeout, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_eval_of_the_tiny_model_on_20_math500_problems_writes_table_results_and_samples(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     result = _rlvr_eval("--model", tiny_model_dir, "--benchmarks", "math500", "--limit", "20", "--n", "2",
@@ -69,6 +70,7 @@ def test_eval_of_the_tiny_model_on_20_math500_problems_writes_table_results_and_
     assert results["complete"] is True and results["resumed_samples"] == 0
 
 
+@pytest.mark.slow
 def test_an_eval_killed_halfway_resumes_to_the_results_of_an_uninterrupted_run(tiny_model_dir, tmp_path, capsys):
     """SIGKILL once a few chunks are on disk, then ``--resume``: the graded samples stay, only the rest is
     generated, and results.json equals a run that was never interrupted. Grading sleeps 0.1 s a response
@@ -140,6 +142,7 @@ def test_bad_eval_arguments_fail_before_the_model_loads(tmp_path, args, message)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_training_evaluates_every_k_steps_and_logs_the_benchmarks(tiny_model_dir, ray_session, tmp_path):
     problems = tmp_path / "arith.jsonl"
     problems.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"

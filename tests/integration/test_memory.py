@@ -16,6 +16,8 @@ from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOL
 from rlvr.learner.torch import TorchLearner, peak_memory_bytes
 from rlvr.workers.actors import _Learning
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 MiB = 2**20
 
 
@@ -68,7 +70,7 @@ def test_memory_is_flat_over_steps_and_no_gradients_outlive_an_update(llama_dir)
         # Two batch shapes in turn: a step is compared with the one two before it, which had the same shape.
         batch = _batch(16, 48 if step % 2 else 32, 64 if step % 2 else 96, seed=step)
         batch.old_logprobs = actor.logprobs(batch)
-        batch.advantages = algorithm.advantages(batch)
+        batch.advantages = algorithm.advantages(batch)[0]
         actor.update(batch)
         assert all(p.grad is None for p in learner.model.parameters())  # not held through generation
         peaks.append(peak_memory_bytes())

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,8 @@ from rlvr import trainer
 from rlvr.config import build_recipe
 from rlvr.trainer import train
 from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
 
 ZERO = {"reward.function": "tests.rewards_for_tests:zero", "data.heldout": "null", "trainer.total_steps": 3}
 

@@ -15,6 +15,8 @@ from rlvr.workers.placement import Workers, _bundle, _remove, reserve
 from rlvr.workers.plan import GroupPlan, PlacementError, PlacementPlan
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 
 def cpu_plan(*groups: GroupPlan) -> PlacementPlan:
     return PlacementPlan(gpu=True, colocated=False, engine="vllm", learner_ranks=1, num_engines=1,

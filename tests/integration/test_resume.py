@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO, tiny_overrides
 from tests.integration.test_train import _comparable
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
 
 STEPS = 6
 

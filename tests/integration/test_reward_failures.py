@@ -12,6 +12,8 @@ from rlvr.config import build_recipe
 from rlvr.trainer import train
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 FLAKY = textwrap.dedent('''
     import math, time
     calls = 0

@@ -21,6 +21,8 @@ from rlvr.rollout.vllm import installed_build
 from rlvr.trainer import train
 from tests.integration.test_vllm_cpu import NUM_PROMPTS, Pair
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-135m" / "grpo.yaml"
 
 

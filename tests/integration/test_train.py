@@ -11,6 +11,8 @@ from rlvr.config import build_recipe
 from rlvr.trainer import Trainer, train
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
+
 # Metrics that must agree between runs with the same seed (timings, memory and throughput may not).
 COMPARED = ("reward/mean", "reward/accuracy", "response/length_mean", "actor/pg_loss", "actor/entropy",
             "actor/grad_norm", "actor/clip_frac", "heldout/accuracy")

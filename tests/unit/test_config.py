@@ -26,7 +26,7 @@ def test_overrides_are_typed_yaml_scalars():
     recipe = build_recipe({}, ["learner.lr=2e-6", "rollout.n=4", "placement.mode=split",
                                "algorithm.clip_eps_high=0.28", "data.heldout=null"])
     assert recipe.learner.lr == 2e-6 and recipe.rollout.n == 4 and recipe.placement.mode == "split"
-    assert recipe.algorithm.options() == {"clip_eps_high": 0.28}
+    assert recipe.algorithm.clip_eps_high == 0.28 and type(recipe.algorithm).__name__ == "GRPOOptions"
     assert recipe.data.heldout is None
     assert parse_override("trainer.output_dir=runs/a=b") == (["trainer", "output_dir"], "runs/a=b")
 

@@ -7,9 +7,10 @@ from collections import Counter
 import pytest
 import torch
 
+from rlvr import algos
+from rlvr.algos.algorithm import LossInputs
 from rlvr.algos.functional import (
     COPO_MODES,
-    astar_loss,
     astar_values,
     clipped_pg_terms,
     copo_advantages,
@@ -172,12 +173,19 @@ def test_astar_values_errors():
         astar_values(torch.tensor([[1.0, float("nan")]]), 0.5)
 
 
+def _astar_loss(logp, ref, mask, rewards, values, beta2):
+    """A*-PO's registered loss of one micro-batch (the whole mini-batch), the advantage being r - V*."""
+    inputs = LossInputs(logp=logp, old_logp=logp.detach(), entropy=None, mask=mask, advantages=rewards - values,
+                        num_tokens=float(mask.sum()), num_seqs=float(mask.shape[0]), ref_logp=ref)
+    return algos.build("astar", beta2=beta2, entropy_coef=0.0).loss(inputs)[0]
+
+
 def test_astar_loss_by_hand_and_masking():
     logp = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -0.5, -0.5]], requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # the -7 vs 0 token is padding
     rewards, values = torch.tensor([1.0, 0.0]), torch.tensor([0.25, 0.5])
-    loss = astar_loss(logp, ref, mask, rewards, values, beta2=0.1)
+    loss = _astar_loss(logp, ref, mask, rewards, values, beta2=0.1)
     # row 0: log-ratio 0.5 - 1.0 = -0.5 -> (-0.05 - 0.75)^2 = 0.64; row 1: 1.5 -> (0.15 + 0.5)^2 = 0.4225
     assert loss.item() == pytest.approx((0.64 + 0.4225) / 2, rel=1e-6)
     loss.backward()
@@ -193,17 +201,7 @@ def test_astar_loss_zero_at_the_optimum():
     rewards, values = torch.tensor([1.0, 0.0]), torch.tensor([0.2, 0.6])
     beta2 = 0.5
     logp = torch.tensor([[0.8, 0.8], [-1.2, 5.0]])  # sums over valid tokens: 1.6 = 0.8/0.5, -1.2 = -0.6/0.5
-    assert astar_loss(logp, ref, mask, rewards, values, beta2).item() == pytest.approx(0.0, abs=1e-10)
-
-
-def test_astar_loss_errors():
-    x = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="beta2 must be > 0"):
-        astar_loss(x, x, x, torch.zeros(2), torch.zeros(2), 0.0)
-    with pytest.raises(ValueError, match="must match"):
-        astar_loss(x, torch.zeros(2, 4), x, torch.zeros(2), torch.zeros(2), 1e-3)
-    with pytest.raises(ValueError, match=r"must both be \[2\]"):
-        astar_loss(x, x, x, torch.zeros(3), torch.zeros(2), 1e-3)
+    assert _astar_loss(logp, ref, mask, rewards, values, beta2).item() == pytest.approx(0.0, abs=1e-10)
 
 
 # --- COPO (section 5) ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlvr import algos
-from rlvr.algos.base import LossInputs, has_signal
+from rlvr.algos.algorithm import LossInputs, has_signal
 from tests.unit.test_algorithms import _batch
 
 F64 = torch.float64
@@ -45,7 +45,7 @@ def _equal_rewards():
 def test_zero_advantages_have_no_gradient_and_skip(name):
     algorithm = algos.build(name)
     batch = _equal_rewards()
-    batch.advantages = algorithm.advantages(batch)
+    batch.advantages = algorithm.advantages(batch)[0]
     assert not algorithm.update_would_move(batch)
     assert _gradient(algorithm, batch) == 0.0  # the claim the skip rests on: the update would do nothing
 
@@ -55,7 +55,7 @@ def test_zero_advantages_have_no_gradient_and_skip(name):
 def test_a_term_without_the_advantage_keeps_the_update(name, option):
     algorithm = algos.build(name, **option)
     batch = _equal_rewards()
-    batch.advantages = algorithm.advantages(batch)
+    batch.advantages = algorithm.advantages(batch)[0]
     assert algorithm.update_would_move(batch)
     assert _gradient(algorithm, batch) > 0.0
 
@@ -65,12 +65,12 @@ def test_kl_in_the_reward_gives_advantages_and_pg_coef_zero_gives_nothing():
     batch = _equal_rewards()
     batch.old_logprobs = -torch.rand(4, 4, generator=torch.Generator().manual_seed(1))
     batch.ref_logprobs = batch.old_logprobs - torch.rand(4, 4, generator=torch.Generator().manual_seed(2))
-    batch.advantages = in_reward.advantages(batch)
+    batch.advantages = in_reward.advantages(batch)[0]
     assert in_reward.update_would_move(batch)
 
     no_terms = algos.build("grpo", pg_coef=0.0)
     signal = _batch([1.0, 0.0, 1.0, 0.0], [0, 0, 1, 1])
-    signal.advantages = no_terms.advantages(signal)
+    signal.advantages = no_terms.advantages(signal)[0]
     assert has_signal(signal.advantages, signal.response_mask)
     assert not no_terms.update_would_move(signal)  # 0 x PG and no other term: nothing moves
 
@@ -86,7 +86,7 @@ def test_astar_always_trains(tmp_path):
     astar = algos.build("astar", values_path=str(table), entropy_coef=0.0)
     astar.prepare_prompts([Prompt("p0", "", ""), Prompt("p1", "", "")], build_recipe({}, ["algorithm.name=astar"]))
     batch = _batch([0.0, 0.0], [0, 1])
-    batch.advantages = astar.advantages(batch)
+    batch.advantages = astar.advantages(batch)[0]
     assert not has_signal(batch.advantages, batch.response_mask)
     assert astar.update_would_move(batch)
     assert _gradient(astar, batch) > 0.0
@@ -96,7 +96,7 @@ def test_copo_trains_on_the_global_advantage_alone():
     """Every group consistent (local advantages 0) but the groups differ: COPO's global term has signal."""
     copo = algos.build("copo")
     batch = _batch([1.0, 1.0, 0.0, 0.0], [0, 0, 1, 1], answers=["1", "1", "2", "2"])
-    batch.advantages = copo.advantages(batch)
+    batch.advantages = copo.advantages(batch)[0]
     assert not has_signal(batch.advantages, batch.response_mask)
     assert copo.update_would_move(batch) and _gradient(copo, batch) > 0.0
 

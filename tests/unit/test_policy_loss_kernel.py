@@ -1,6 +1,6 @@
 """``rlvr.kernels.policy_loss``, torch path and Triton path (Triton's interpreter on CPU), against a float64
-composition of the functional functions differentiated by autograd; and ``ClippedAlgorithm.loss``'s fused path
-against the per_token_loss + aggregate path it replaces."""
+composition of the functional functions differentiated by autograd; and the registered clipped losses (GRPO,
+DAPO, Dr.GRPO, DCPO, forking tokens), which run the kernel, against that composition under the shared objective."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rlvr import algos
-from rlvr.algos.base import LossInputs, RunInfo
+from rlvr.algos.algorithm import LossInputs, RunInfo
+from rlvr.algos.registry import Part
 from rlvr.algos.functional import (AGG_MODES, aggregate, clip_metrics, clipped_pg_terms, dcpo_bound_metrics,
                                    dcpo_ratio_bounds, group_advantages)
 from rlvr.kernels.policy_loss import policy_loss
@@ -310,7 +311,7 @@ def test_bad_impl_and_missing_triton(monkeypatch):
         policy_loss(**_bad(), impl="triton")
 
 
-# --- ClippedAlgorithm.loss: the fused path against per_token_loss + aggregate -----------------------------
+# --- the registered clipped losses: the fused kernel against the functional composition -------------------------
 
 CONFIGS = [
     ("grpo", {}),
@@ -344,14 +345,33 @@ def _algorithm_loss(algorithm, inputs: LossInputs):
     return loss.detach(), inputs.logp.grad.clone(), metrics
 
 
+def _composed_loss(inputs, ctx, agg):
+    """The registered clipped losses written as the functional composition: per-token terms, then ``agg``."""
+    o = ctx.options
+    if o.name == "dcpo" and o.clip_type == "dynamic":
+        low, high = dcpo_ratio_bounds(inputs.old_logp.detach(), o.clip_eps_low, o.clip_eps_high, o.bound_cap)
+        eps_low, eps_high = 1.0 - low, high - 1.0
+    else:
+        low, high = torch.tensor(1.0 - o.clip_eps_low), torch.tensor(1.0 + o.clip_eps_high)
+        eps_low, eps_high = o.clip_eps_low, o.clip_eps_high
+    loss, _, ratio = clipped_pg_terms(inputs.logp, inputs.old_logp, inputs.advantages, eps_low, eps_high, o.dual_clip)
+    pg = agg(loss)
+    with torch.no_grad():
+        metrics = clip_metrics({"ratio": ratio, "low": low, "high": high, "advantages": inputs.advantages},
+                               inputs.mask, o.dual_clip)
+        if o.name == "dcpo" and o.clip_type == "dynamic":
+            metrics.update(dcpo_bound_metrics(low, high, inputs.mask))
+    return pg, metrics
+
+
 @pytest.mark.parametrize("name, options", CONFIGS)
-def test_fused_algorithm_loss_equals_per_token_path(name, options, monkeypatch):
+def test_fused_algorithm_loss_equals_the_composition(name, options, monkeypatch):
     algorithm = algos.build(name, run=RunInfo(max_new_tokens=24), **options)
-    assert algorithm.clip_spec() is not None
+    fused_part = algorithm.loss_part
     inputs = _loss_inputs(1000 + CONFIGS.index((name, options)), torch.float64, "entropy_top_ratio" in options
                           or name == "forking-tokens")
     fused = _algorithm_loss(algorithm, inputs)
-    monkeypatch.setattr(algorithm, "clip_spec", lambda: None)
+    algorithm.loss_part = Part("composed", _composed_loss, meta=fused_part.meta)
     unfused = _algorithm_loss(algorithm, inputs)
     assert fused[0].item() == pytest.approx(unfused[0].item(), rel=1e-12)
     assert torch.allclose(fused[1], unfused[1], rtol=1e-12, atol=0)
@@ -359,26 +379,10 @@ def test_fused_algorithm_loss_equals_per_token_path(name, options, monkeypatch):
     assert fused[2].keys() == unfused[2].keys()
     if TRITON_HERE:  # and the Triton kernel in the same place, fp32
         monkeypatch.setattr(policy_loss_module, "policy_loss", functools.partial(policy_loss, impl="triton"))
-        monkeypatch.delattr(algorithm, "clip_spec")
+        algorithm.loss_part = fused_part
         inputs32 = _loss_inputs(1000 + CONFIGS.index((name, options)), torch.float32, inputs.extra != {})
         kernel = _algorithm_loss(algorithm, inputs32)
         assert kernel[0].item() == pytest.approx(unfused[0].item(), rel=1e-5)
         assert torch.allclose(kernel[1].double(), unfused[1], rtol=1e-5, atol=1e-5 * unfused[1].abs().max().item())
         for key, value in unfused[2].items():
             assert kernel[2][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-
-
-def test_copo_keeps_its_per_token_loss():
-    assert algos.build("copo").clip_spec() is None
-
-
-def test_an_own_per_token_loss_is_never_replaced_by_the_kernel():
-    from rlvr.algos.grpo import GRPO
-
-    class Doubled(GRPO):
-        def per_token_loss(self, inputs):
-            loss, parts = super().per_token_loss(inputs)
-            return 2 * loss, parts
-
-    assert GRPO().clip_spec() is not None
-    assert Doubled().clip_spec() is None

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlvr import algos
-from rlvr.algos.base import RolloutSource, RunInfo
-from rlvr.algos.scaf import PAPER_TEMPLATE, field_hints
+from rlvr.algos.algorithm import RolloutSource, RunInfo
+from rlvr.algos.scaf import PAPER_TEMPLATE, HintSearch, exemption_end, field_hints, hinted
 from rlvr.config import RecipeError, build_recipe
 from rlvr.data.prompts import Prompt, render
 from rlvr.data.tasks.arithmetic import HINT_TEMPLATE, hint_ladder
@@ -69,10 +69,10 @@ def test_ladder_is_three_tiers_of_four_cumulative_levels():
     assert hint_ladder("581") == {"knowledge": ["???", "5??", "58?", "581"], "planning": ["??1", "?81", "581", "581"],
                                   "solution": ["581"] * 4}
     scaf = _scaf()
-    ladder = scaf.ladder(PROMPTS[0])
+    ladder = HintSearch().ladder(PROMPTS[0], scaf.options)
     assert [(tier, level) for tier, level, _ in ladder] == [(t, lv) for t in ("knowledge", "planning", "solution")
                                                             for lv in range(1, 5)]
-    assert scaf.hinted(PROMPTS[0], "knowledge", "?5").problem == "?5|47+38=" == HINT_TEMPLATE.format(
+    assert hinted(PROMPTS[0], "knowledge", "?5", scaf.options).problem == "?5|47+38=" == HINT_TEMPLATE.format(
         hint="?5", problem="47+38=")
     # Dataset hints: level l joins the first l items (the paper's C_c^l), in the authors' prompt.
     fields = {"knowledge_components_parts": ["k1", "k2", "k3", "k4"], "solution_breakdown_parts": ["s1", "s2"]}
@@ -81,8 +81,8 @@ def test_ladder_is_three_tiers_of_four_cumulative_levels():
     assert levels == {"knowledge": ["k1", "k1 k2", "k1 k2 k3", "k1 k2 k3 k4"], "solution": ["s1", "s1 s2"]}
     paper = algos.build("scaf_grpo", RunInfo(), hint_tiers=["knowledge", "solution"])
     prompt = Prompt("x", "What is 2+2?", "4", fields)
-    assert [lv for _, lv, _ in paper.ladder(prompt)] == [1, 2, 3, 4, 1, 2]
-    assert paper.hinted(prompt, "solution", "s1 s2").problem == PAPER_TEMPLATE.format(
+    assert [lv for _, lv, _ in HintSearch().ladder(prompt, paper.options)] == [1, 2, 3, 4, 1, 2]
+    assert hinted(prompt, "solution", "s1 s2", paper.options).problem == PAPER_TEMPLATE.format(
         problem="What is 2+2?", tier="Solution", hint="s1 s2") == "Question: What is 2+2?\nSolution Hints: s1 s2"
 
 
@@ -90,10 +90,9 @@ def test_parallel_search_samples_every_level_once_and_keeps_the_lowest_success(s
     source = source_factory(lambda problem: _knowledge_level(problem, 3))
     scaf = _scaf()
     batch = source.sample(PROMPTS)  # all fail: no prompt carries a hint
-    out = scaf.post_rollout(batch, source)
+    out, metrics = scaf.post_rollout(batch, source)
     assert len(source.calls) == 2
     assert len(source.calls[1]) == 3 * 12  # one call: every level of every all-fail prompt, one sample each
-    metrics = scaf.pop_metrics()
     assert metrics["scaf/all_fail_groups"] == 3 and metrics["scaf/rescued_frac"] == 1.0
     assert metrics["scaf/hint_samples"] == 36
     # Knowledge level 3 is the first to reveal two characters ("85" for 47+38, "58?" for 7*83).
@@ -110,14 +109,13 @@ def test_sequential_search_stops_each_prompt_at_its_first_success(source_factory
     source = source_factory(is_correct)
     scaf = _scaf(hint_search="sequential")
     batch = source.sample(PROMPTS)
-    out = scaf.post_rollout(batch, source)
+    out, metrics = scaf.post_rollout(batch, source)
     hinted_calls = source.calls[1:]
     assert [len(c) for c in hinted_calls] == [3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1]
     assert hinted_calls[0] == ["??|47+38=", "???|7*83=", "??|12+10="]
     assert hinted_calls[1] == ["8?|47+38=", "5??|7*83=", "2?|12+10="]
     assert not any("12+10" in p for c in hinted_calls[2:] for p in c)
     assert hinted_calls[4] == ["?5|47+38=", "??1|7*83="] and not any("47+38" in p for c in hinted_calls[5:] for p in c)
-    metrics = scaf.pop_metrics()
     assert metrics["scaf/rescued_groups"] == 2 and metrics["scaf/rescued_frac"] == pytest.approx(2 / 3)
     assert metrics["scaf/level/knowledge-2"] == 1 and metrics["scaf/level/planning-1"] == 1
     assert metrics["scaf/hint_samples"] == 3 + 3 + 2 + 2 + 2 + 1 * 7
@@ -144,7 +142,7 @@ def _check_replacement(before, after, source, rescued: dict[int, str]):
             assert torch.equal(after.response_tokens[i, :length], before.response_tokens[i, :length])
             assert not bool(after.correct[i])
     # GRPO on the rescued group: the hinted row carries all the positive advantage.
-    adv = _scaf().advantages(after)
+    adv = _scaf().advantages(after)[0]
     for g in rescued:
         rows = (after.group == g).nonzero().flatten().tolist()
         assert adv[rows[0]] > 0 and all(adv[r] < 0 for r in rows[1:])
@@ -153,7 +151,7 @@ def _check_replacement(before, after, source, rescued: dict[int, str]):
 def test_replace_random_picks_a_failed_row_reproducibly(source_factory):
     source = source_factory(lambda problem: problem.startswith("85|"))
     batch = source.sample(PROMPTS)
-    outs = [_scaf(replace_row="random").post_rollout(batch, source) for _ in range(2)]
+    outs = [_scaf(replace_row="random").post_rollout(batch, source)[0] for _ in range(2)]
     def prompts(b):
         return [source.tokenizer.decode(t[m.bool()]) for t, m in zip(b.prompt_tokens, b.prompt_mask)]
 
@@ -167,13 +165,13 @@ def test_no_hints_during_exemption_and_no_search_without_all_fail_groups(source_
     scaf = _scaf()  # exemption_steps 2
     batch = source.sample(PROMPTS)
     batch.correct[:] = False
-    assert scaf.post_rollout(batch, source) is batch and len(source.calls) == 1
-    assert scaf.pop_metrics() == {"scaf/exempt": 1.0}
+    out, metrics = scaf.post_rollout(batch, source)
+    assert out is batch and len(source.calls) == 1 and metrics == {"scaf/exempt": 1.0}
     source.step = 3
     batch.correct[::4] = True  # one correct row in every group
-    assert scaf.post_rollout(batch, source) is batch and len(source.calls) == 1
-    assert scaf.pop_metrics()["scaf/all_fail_groups"] == 0
-    assert algos.build("scaf_grpo", RunInfo(total_steps=200)).exemption_end == 30  # 15% of training
+    out, metrics = scaf.post_rollout(batch, source)
+    assert out is batch and len(source.calls) == 1 and metrics["scaf/all_fail_groups"] == 0
+    assert exemption_end(algos.build("scaf_grpo").options, total_steps=200) == 30  # 15% of training
 
 
 def test_bad_options_fail_before_any_work(tmp_path):

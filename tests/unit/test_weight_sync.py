@@ -19,7 +19,6 @@ from rlvr.workers.sync import (
     CudaIpcSync,
     EngineGroup,
     NCCLBroadcastSync,
-    ObjectStoreSync,
     RoundSource,
     TensorSpec,
     bucket_bytes,
@@ -37,7 +36,6 @@ from rlvr.workers.sync import (
     total_bytes,
     wire_metadata,
 )
-from rlvr.workers.weights import load_named_arrays
 
 
 def specs_of(*sizes: int) -> list[TensorSpec]:
@@ -56,14 +54,14 @@ def test_sync_imports_without_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now fails, installed or not
     monkeypatch.delitem(sys.modules, "rlvr.workers.sync", raising=False)
     module = importlib.import_module("rlvr.workers.sync")
-    assert module.SYNCS.keys() == {"object_store", "nccl", "ipc"}
+    assert module.NCCLBroadcastSync and module.CudaIpcSync
 
 
 def test_gpu_roads_refuse_to_start_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setitem(sys.modules, "vllm", None)  # the CUDA check comes before any vLLM import
     for road in (NCCLBroadcastSync([object()]), CudaIpcSync([object()])):
-        with pytest.raises(RuntimeError, match="no CUDA device.*ObjectStoreSync"):
+        with pytest.raises(RuntimeError, match="no CUDA device.*Ray object store"):
             road.setup()
         with pytest.raises(RuntimeError, match=r"send\(\) before setup\(\)"):
             road.send([])
@@ -346,7 +344,7 @@ def test_engine_group_calls_ray_actors(ray_session):
 
 def test_round_source_refuses_cpu_tensors_before_the_round():
     source = RoundSource()
-    with pytest.raises(ValueError, match="weight 'w' is on cpu.*ObjectStoreSync"):
+    with pytest.raises(ValueError, match="weight 'w' is on cpu.*Ray object store"):
         source.load([("w", torch.zeros(2))])
 
 
@@ -409,42 +407,6 @@ def test_send_plans_checks_and_counts_before_vllm_sends(monkeypatch, road_class)
     with pytest.raises(ValueError, match=r"'c' \(float32\) would start at byte 2"):
         road.send([("b", torch.zeros(1, dtype=torch.bfloat16)), ("c", torch.zeros(1))])
     assert len(trainer.rounds) == 1  # refused before the round began
-
-
-# ---- the object-store road ----
-
-
-def _module() -> torch.nn.Module:
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))
-    module[0].to(torch.bfloat16)
-    return module
-
-
-def test_object_store_sync_loads_local_engines_and_counts_bytes():
-    learner, rollout = _module(), _module()
-    with torch.no_grad():
-        for parameter in learner.parameters():
-            parameter.add_(1.0)
-    engine = RecordingEngine()
-    road = ObjectStoreSync([engine])
-    road.setup()
-    nbytes = road.send(learner.state_dict().items())
-    assert nbytes == sum(t.nbytes for t in learner.state_dict().values())
-    load_named_arrays(rollout, engine.arrays)  # what an HF engine's load_weights does with them
-    assert all(torch.equal(a, b) for a, b in zip(learner.state_dict().values(), rollout.state_dict().values()))
-    with pytest.raises(ValueError, match="at least one engine"):
-        ObjectStoreSync([]).setup()
-
-
-def test_object_store_sync_puts_once_for_ray_actors(ray_session):
-    ray = ray_session
-    actor = ray.remote(RecordingEngine).remote()
-    road = ObjectStoreSync([actor])
-    learner = _module()
-    assert road.send(learner.state_dict().items()) == sum(t.nbytes for t in learner.state_dict().values())
-    received = ray.get(actor.__ray_call__.remote(lambda self: self.arrays))  # resolved to the arrays, not a ref
-    assert isinstance(received, dict) and received["1.weight"].shape == (2, 3)
 
 
 # ---- the engine's side, without vLLM ----

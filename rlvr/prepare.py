@@ -28,7 +28,7 @@ def prepare_astar(recipe: Recipe) -> Path:
     """Sample ``num_ref_samples`` responses per training prompt from the initial policy, score them, and
     write ``{"prompt_id", "rewards"}`` rows to the algorithm's ``values_path``."""
     from rlvr.algos.astar import table_path, write_table
-    from rlvr.trainer import Trainer, _seed
+    from rlvr.trainer import Trainer, step_seed
 
     if recipe.algorithm.name != "astar":
         raise ValueError(f"`rlvr prepare astar` needs a recipe with algorithm.name: astar, not {recipe.algorithm.name!r}")
@@ -44,7 +44,7 @@ def prepare_astar(recipe: Recipe) -> Path:
         for number, start in enumerate(range(0, len(prompts), chunk)):
             part = prompts[start : start + chunk]
             sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
-                                      seed=_seed(recipe.trainer.seed, -1000 - number), logprobs=False)
+                                      seed=step_seed(recipe.trainer.seed, -1000 - number), logprobs=False)
             batch = run.generate(part, [n] * len(part), sampling)
             errors += run.score(batch)
             rewards = batch.rewards.view(len(part), n).tolist()

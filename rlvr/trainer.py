@@ -232,7 +232,7 @@ class Trainer:
             temperatures["heldout/accuracy_greedy"] = 0.0
         for key, temperature in temperatures.items():
             sampling = SamplingParams(cfg.heldout_max_new_tokens or self.recipe.rollout.max_new_tokens, temperature,
-                                      self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=_seed(cfg.seed, -1),
+                                      self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=step_seed(cfg.seed, -1),
                                       logprobs=False)
             batch = self.generate(self.heldout_prompts, [1] * len(self.heldout_prompts), sampling)
             correct = [grade(text, answer) for text, answer in zip(batch.response_text, batch.answer)]
@@ -362,7 +362,7 @@ class _Source(RolloutSource):
         t, r = self.trainer, self.trainer.recipe.rollout
         self.prompts.update((p.id, p) for p in prompts if record)
         # Each round of a step gets its own seed, a pure function of (trainer.seed, step, round).
-        seed = _seed(t.recipe.trainer.seed, self.step) + 104729 * self.rounds
+        seed = step_seed(t.recipe.trainer.seed, self.step) + 104729 * self.rounds
         self.rounds += 1
         engine_logprobs = not t.recipe.learner.recompute_old_logprobs or t.algorithm.needs_rollout_logprobs
         sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=seed % (2**31),
@@ -439,6 +439,6 @@ def rollout_metrics(batch: RolloutBatch, errors: int) -> dict[str, float]:
     }
 
 
-def _seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
     """The sampling seed of a step: a pure function of (trainer.seed, step), so resumes replay exactly."""
     return (seed * 1_000_003 + step * 7919 + 12345) % (2**31)

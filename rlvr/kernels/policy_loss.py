@@ -1,7 +1,7 @@
 """The clipped policy-gradient loss in one call: advantages, ratio bounds, PPO clip, dual clip, aggregation and
 clip statistics (ALGORITHMS.md sections 0-2).
 
-With ``A`` the advantage (given, or ``functional.group_advantages(rewards, group)``), ``r = exp(logp -
+With ``A`` the advantage (per row or per token), ``r = exp(logp -
 old_logp)`` and ratio bounds ``[lo, hi]`` (``[1 - eps_low, 1 + eps_high]``, or DCPO's per-token
 ``functional.dcpo_ratio_bounds(old_logp)``), the per-token loss is ``functional.clipped_pg_terms``'::
 
@@ -11,12 +11,12 @@ and :func:`policy_loss` returns ``functional.aggregate(l, mask, agg, ...)``, dif
 
 Two implementations, one contract. ``torch`` composes the :mod:`rlvr.algos.functional` functions (CPU, and
 the reference). ``triton`` (CUDA) reads each input once: a forward kernel computes per row the masked loss
-sum ``S_i``, its denominator count and the clip statistics (group-normalising the rewards itself), torch
+sum ``S_i``, its denominator count and the clip statistics, torch
 finishes ``aggregate`` over those ``[N]`` vectors, and a backward kernel recomputes each token for
 ``dlogp``. Differences of the Triton path from the torch one:
 
 * It computes in fp32 whatever the input dtypes (the torch path computes in the inputs' dtype), and takes
-  ``old_logp``, ``advantages`` and ``rewards`` as constants: only ``logp`` gets a gradient.
+  ``old_logp`` and ``advantages`` as constants: only ``logp`` gets a gradient.
 * Sums run in another order, so values agree to fp32 rounding, not bitwise; a ratio within rounding of a
   bound may fall on the other side of it (measure zero for continuous inputs).
 * DCPO bounds are computed in fp32 (``dcpo_ratio_bounds`` uses fp64) in a form that never gives NaN:
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.functional import (aggregate, check_dcpo_bounds, check_dual_clip, clip_metrics, clipped_pg_terms,
-                                   dcpo_bound_metrics, dcpo_ratio_bounds, group_advantages)
+                                   dcpo_bound_metrics, dcpo_ratio_bounds)
 from rlvr.kernels.dispatch import IMPLS, check_triton_device
 
 __all__ = ["PolicyLoss", "policy_loss"]
@@ -52,7 +52,6 @@ class PolicyLoss:
     """What :func:`policy_loss` returns."""
 
     loss: Tensor  # scalar, differentiable in logp
-    advantages: Tensor  # [N] or [N,T], detached: the advantages the loss used
     stats: dict[str, float]  # clip statistics, the keys and values of functional.clip_metrics (+ dcpo bounds)
 
 
@@ -60,12 +59,8 @@ def policy_loss(
     logp: Tensor,  # [N,T] current policy log-probs, differentiable
     old_logp: Tensor,  # [N,T] behaviour policy
     mask: Tensor,  # [N,T] tokens whose loss is summed (float or bool)
-    advantages: Tensor | None = None,  # [N] or [N,T]; or give rewards and group instead
+    advantages: Tensor,  # [N] or [N,T]
     *,
-    rewards: Tensor | None = None,  # [N]
-    group: Tensor | None = None,  # [N], rows of one prompt share a value; groups may differ in size
-    adv_norm: str = "group",
-    adv_eps: float = 1e-6,
     clip: str = "fixed",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
@@ -82,9 +77,7 @@ def policy_loss(
     """The aggregated PPO-clipped loss of ``logp`` and its clip statistics (module docstring: maths).
 
     Args:
-        advantages: per row or per token; or ``rewards`` and ``group``, normalised as
-            ``functional.group_advantages(rewards, group, adv_norm, adv_eps)`` (``adv_norm`` "group",
-            "none", or "batch", which the Triton path computes with torch first).
+        advantages: per row or per token.
         clip: ``"fixed"``, the ratio in ``[1 - eps_low, 1 + eps_high]``; ``"dcpo"``, DCPO's per-token bounds
             ``dcpo_ratio_bounds(old_logp, eps_low, eps_high, bound_cap)`` (``bound_cap`` is unused by "fixed").
         dual_clip: the dual clip ``c > 1`` for negative advantages; None: off.
@@ -99,22 +92,20 @@ def policy_loss(
         ``actor/ratio_mean``, with a dual clip ``actor/clip_frac_dual`` (A < 0, r > c), and for DCPO
         ``dcpo/bound_low_mean`` / ``dcpo/bound_high_mean``; fractions of the valid tokens of ``stats_mask``.
     """
-    _check(logp, old_logp, mask, advantages, rewards, group, denominator_mask, stats_mask, clip, impl)
+    _check(logp, old_logp, mask, advantages, denominator_mask, stats_mask, clip, impl)
     check_dual_clip(dual_clip)
     if clip == "dcpo":
         check_dcpo_bounds(eps_low, eps_high, bound_cap)
     stats_mask = mask if stats_mask is None else stats_mask
     aggregation = {"mode": agg, "num_tokens": num_tokens, "num_seqs": num_seqs, "loss_scale": loss_scale}
     run = _triton_policy_loss if _use_triton(impl, logp) else _torch_policy_loss
-    return run(logp, old_logp, mask, advantages, rewards, group, adv_norm, adv_eps, clip, eps_low, eps_high,
-               bound_cap, dual_clip, aggregation, denominator_mask, stats_mask)
+    return run(logp, old_logp, mask, advantages, clip, eps_low, eps_high, bound_cap, dual_clip, aggregation,
+               denominator_mask, stats_mask)
 
 
-def _torch_policy_loss(logp, old_logp, mask, advantages, rewards, group, adv_norm, adv_eps, clip, eps_low, eps_high,
-                       bound_cap, dual_clip, aggregation, denominator_mask, stats_mask) -> PolicyLoss:
+def _torch_policy_loss(logp, old_logp, mask, advantages, clip, eps_low, eps_high, bound_cap, dual_clip, aggregation,
+                       denominator_mask, stats_mask) -> PolicyLoss:
     """The functional composition (the reference the Triton path is tested against)."""
-    if advantages is None:
-        advantages = _torch_group_advantages(rewards, group, adv_norm, adv_eps, logp.device)
     if clip == "dcpo":
         low, high = dcpo_ratio_bounds(old_logp.detach(), eps_low, eps_high, bound_cap)
         per_token, _, ratio = clipped_pg_terms(logp, old_logp, advantages, 1.0 - low, high - 1.0, dual_clip)
@@ -127,10 +118,10 @@ def _torch_policy_loss(logp, old_logp, mask, advantages, rewards, group, adv_nor
                              dual_clip)
         if clip == "dcpo":
             stats.update(dcpo_bound_metrics(low, high, stats_mask))
-    return PolicyLoss(loss, advantages.detach(), stats)
+    return PolicyLoss(loss, stats)
 
 
-def _check(logp, old_logp, mask, advantages, rewards, group, denominator_mask, stats_mask, clip, impl) -> None:
+def _check(logp, old_logp, mask, advantages, denominator_mask, stats_mask, clip, impl) -> None:
     if clip not in CLIP_MODES:
         raise ValueError(f"clip {clip!r} is unknown; use one of {', '.join(map(repr, CLIP_MODES))}")
     if impl not in IMPLS:
@@ -142,19 +133,12 @@ def _check(logp, old_logp, mask, advantages, rewards, group, denominator_mask, s
                          ("stats_mask", stats_mask)):
         if tensor is not None and tuple(tensor.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)} but logp has {shape}; they must match")
-    if advantages is not None and (rewards is not None or group is not None):
-        raise ValueError("give either advantages or rewards and group, not both")
-    if advantages is None and (rewards is None or group is None):
-        raise ValueError("give advantages ([N] or [N,T]), or rewards and group (both [N]) to normalise per group")
     rows = shape[0]
-    if advantages is not None and tuple(advantages.shape) not in ((rows,), shape):
+    if tuple(advantages.shape) not in ((rows,), shape):
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}; it must be [N] = ({rows},) or "
                          f"[N,T] = {shape}")
-    for name, tensor in (("rewards", rewards), ("group", group)):
-        if tensor is not None and tuple(tensor.shape) != (rows,):
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}; it must be [N] = ({rows},), one per row")
-    for name, tensor in (("old_logp", old_logp), ("mask", mask), ("advantages", advantages), ("rewards", rewards),
-                         ("group", group), ("denominator_mask", denominator_mask), ("stats_mask", stats_mask)):
+    for name, tensor in (("old_logp", old_logp), ("mask", mask), ("advantages", advantages),
+                         ("denominator_mask", denominator_mask), ("stats_mask", stats_mask)):
         if tensor is not None and tensor.device != logp.device:
             raise ValueError(f"{name} is on {tensor.device} but logp on {logp.device}; put them on one device")
 
@@ -181,29 +165,20 @@ def _use_triton(impl: str, logp: Tensor) -> bool:
     return True
 
 
-def _torch_group_advantages(rewards: Tensor, group: Tensor, adv_norm: str, adv_eps: float,
-                            device: torch.device) -> Tensor:  # [N] fp32
-    """``group_advantages`` (which works on CPU tensors) on ``device``."""
-    return group_advantages(rewards.cpu(), group.cpu(), adv_norm, adv_eps).to(device)  # type: ignore[arg-type]
-
-
-def _triton_policy_loss(logp, old_logp, mask, advantages, rewards, group, adv_norm, adv_eps, clip, eps_low, eps_high,
-                        bound_cap, dual_clip, aggregation, denominator_mask, stats_mask) -> PolicyLoss:
+def _triton_policy_loss(logp, old_logp, mask, advantages, clip, eps_low, eps_high, bound_cap, dual_clip, aggregation,
+                        denominator_mask, stats_mask) -> PolicyLoss:
     kernels = _triton_module()
-    if advantages is None and adv_norm not in ("group", "none"):
-        advantages = _torch_group_advantages(rewards, group, adv_norm, adv_eps, logp.device)  # "batch" (or raises)
     scalars = kernels.KernelScalars.build(clip, eps_low, eps_high, bound_cap, dual_clip)
-    rows, partials, used = kernels.row_losses(
-        logp, old_logp, mask, advantages, None if advantages is not None else rewards,
-        None if advantages is not None else group, adv_norm, adv_eps,
-        None if denominator_mask is mask else denominator_mask, None if stats_mask is mask else stats_mask, scalars)
+    rows, partials = kernels.row_losses(
+        logp, old_logp, mask, advantages, None if denominator_mask is mask else denominator_mask,
+        None if stats_mask is mask else stats_mask, scalars)
     index = kernels.PARTIAL
     if logp.dtype == torch.float64:
         rows = rows.to(torch.float64)
     # aggregate() over one "token" per row: sum S_i over C_i counted tokens gives the same reductions.
     loss = aggregate(rows[:, None], torch.ones_like(rows)[:, None],
                      denominator_mask=partials[index["denominator"]][:, None].to(rows.dtype), **aggregation)
-    return PolicyLoss(loss, used, _stats(partials, index, clip == "dcpo", dual_clip is not None))
+    return PolicyLoss(loss, _stats(partials, index, clip == "dcpo", dual_clip is not None))
 
 
 def _stats(partials: Tensor, index: dict[str, int], dcpo: bool, dual: bool) -> dict[str, float]:

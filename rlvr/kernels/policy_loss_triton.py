@@ -1,7 +1,7 @@
 """Triton kernels behind :func:`rlvr.kernels.policy_loss.policy_loss` (whose docstring has the maths).
 
-Forward: one program per row (sequence). It finds the row's advantage (given, or group-normalised from the
-rewards of its group, which it reads through a stable sort of the group ids), then walks the row's tokens
+Forward: one program per row (sequence). It reads the row's advantage (per row, or per token as it goes), then
+walks the row's tokens
 ``BLOCK_T`` at a time and writes ``NUM_PARTIALS`` fp32 numbers per row: the masked loss sum ``S_i``, the
 denominator count ``C_i`` and the clip statistics' counts and sums. The wrapper reduces these ``[N]``
 vectors with torch. Backward: one program per row recomputes each token's ratio, bounds and branch and
@@ -31,9 +31,6 @@ PARTIAL = {"loss": 0, "denominator": 1, "valid": 2, "high": 3, "low": 4, "dual":
            "bound_low": 7, "bound_high": 8}
 NUM_PARTIALS = len(PARTIAL)
 
-# Advantage sources (ADV_MODE): given per row, given per token, group-normalised, group-centred.
-_ADV_ROW, _ADV_TOKEN, _ADV_GROUP_STD, _ADV_GROUP_CENTRED = 0, 1, 2, 3
-
 # 1/q = exp(-old_logp) is taken directly below this exponent and through logs above it (fp32 exp overflows
 # near 88.7), so that no bound is NaN whatever old_logp holds.
 _EXP_LIMIT = 80.0
@@ -42,8 +39,8 @@ _EXP_LIMIT = 80.0
 def _config(device: torch.device) -> dict[str, int]:
     """Tile sizes. The interpreter gets small tiles, so that the tests' short rows span several of them."""
     if interpreting() or device.type != "cuda":
-        return {"BLOCK_T": 32, "BLOCK_G": 8, "num_warps": 1}
-    return {"BLOCK_T": 1024, "BLOCK_G": 64, "num_warps": 4}
+        return {"BLOCK_T": 32, "num_warps": 1}
+    return {"BLOCK_T": 1024, "num_warps": 4}
 
 
 @dataclass(frozen=True)
@@ -74,32 +71,6 @@ class KernelScalars:
                    four_eps_low=4.0 * eps_low, four_eps_high=4.0 * eps_high,
                    log_four_eps_low=log4(eps_low), log_four_eps_high=log4(eps_high),
                    cap=bound_cap if clip == "dcpo" else None, dual_clip=dual_clip)
-
-
-@triton.jit
-def _group_advantage(rewards_ptr, order_ptr, start, count, own, adv_eps,
-                     NORM_STD: tl.constexpr, BLOCK_G: tl.constexpr):
-    """``functional.group_advantages`` for one row: its group's members are ``order[start:start+count]``."""
-    offs = tl.arange(0, BLOCK_G)
-    total = tl.zeros((BLOCK_G,), tl.float32)
-    for j0 in range(0, count, BLOCK_G):
-        ok = j0 + offs < count
-        member = tl.load(order_ptr + start + j0 + offs, mask=ok, other=0)
-        total += tl.load(rewards_ptr + member, mask=ok, other=0.0)
-    mean = tl.sum(total, axis=0) / count.to(tl.float32)
-    single = count < 2
-    centred = tl.where(single, own, own - mean)  # a group of one: mean 0 (verl)
-    if NORM_STD:
-        squares = tl.zeros((BLOCK_G,), tl.float32)
-        for j0 in range(0, count, BLOCK_G):
-            ok = j0 + offs < count
-            member = tl.load(order_ptr + start + j0 + offs, mask=ok, other=0)
-            diff = tl.where(ok, tl.load(rewards_ptr + member, mask=ok, other=0.0) - mean, 0.0)
-            squares += diff * diff
-        std = tl.sqrt(tl.sum(squares, axis=0) / tl.maximum(count - 1, 1).to(tl.float32))
-        std = tl.where(single, 1.0, std)  # and std 1
-        centred = tl.where(centred == 0, 0.0, centred / (std + adv_eps))
-    return centred
 
 
 @triton.jit
@@ -147,25 +118,18 @@ def _load_tokens(logp_ptr, old_ptr, mask_ptr, adv_ptr, base, cols, inside, adv_r
 @triton.jit
 def _forward_kernel(
     logp_ptr, old_ptr, mask_ptr, den_ptr, stats_ptr, adv_ptr,  # [N,T]; adv [N] or [N,T]
-    rewards_ptr, order_ptr, start_ptr, count_ptr, adv_out_ptr,  # [N] each (group advantages)
     partials_ptr,  # [NUM_PARTIALS, N] fp32
     N, T,
     clamp_low, clamp_high, stat_low, stat_high, four_eps_low, four_eps_high, log_four_eps_low, log_four_eps_high,
-    cap, dual_clip, adv_eps,
-    ADV_MODE: tl.constexpr, HAS_DEN: tl.constexpr, HAS_STATS: tl.constexpr, DCPO: tl.constexpr,
+    cap, dual_clip,
+    ADV_PER_TOKEN: tl.constexpr, HAS_DEN: tl.constexpr, HAS_STATS: tl.constexpr, DCPO: tl.constexpr,
     HAS_CAP: tl.constexpr, DUAL: tl.constexpr, EXP_LIMIT: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_G: tl.constexpr,
 ):
     row = tl.program_id(0)
     base = row.to(tl.int64) * T
-    adv_row = 0.0  # ADV_MODE 1: per token, read tile by tile
-    if ADV_MODE == 0:
+    adv_row = 0.0  # per token: read tile by tile
+    if not ADV_PER_TOKEN:
         adv_row = tl.load(adv_ptr + row).to(tl.float32)
-    elif ADV_MODE >= 2:
-        own = tl.load(rewards_ptr + row)
-        adv_row = _group_advantage(rewards_ptr, order_ptr, tl.load(start_ptr + row), tl.load(count_ptr + row), own,
-                                   adv_eps, ADV_MODE == 2, BLOCK_G)
-        tl.store(adv_out_ptr + row, adv_row)
     offs = tl.arange(0, BLOCK_T)
     acc_loss = tl.zeros((BLOCK_T,), tl.float32)
     acc_den = tl.zeros((BLOCK_T,), tl.float32)
@@ -180,7 +144,7 @@ def _forward_kernel(
         cols = t0 + offs
         inside = cols < T
         logp, old, m, adv = _load_tokens(logp_ptr, old_ptr, mask_ptr, adv_ptr, base, cols, inside, adv_row,
-                                         ADV_MODE == 1, BLOCK_T)
+                                         ADV_PER_TOKEN, BLOCK_T)
         if HAS_DEN:
             d = tl.load(den_ptr + base + cols, mask=inside, other=0).to(tl.float32)
         else:
@@ -279,44 +243,30 @@ def _loadable(mask: Tensor) -> Tensor:
 
 
 class _RowLosses(torch.autograd.Function):
-    """logp [N,T] -> S [N] (per-row masked loss sums), with the per-row partials and the advantages used."""
+    """logp [N,T] -> S [N] (per-row masked loss sums), with the per-row partials."""
 
     @staticmethod
-    def forward(ctx, logp, old_logp, mask, advantages, rewards, group, adv_norm, adv_eps, denominator_mask,
-                stats_mask, scalars):
+    def forward(ctx, logp, old_logp, mask, advantages, denominator_mask, stats_mask, scalars):
         n, t = logp.shape
         logp, old_logp, mask = logp.contiguous(), old_logp.contiguous(), _loadable(mask)
+        advantages = advantages.contiguous()
         den = None if denominator_mask is None else _loadable(denominator_mask)
         stats = None if stats_mask is None else _loadable(stats_mask)
         partials = torch.empty(NUM_PARTIALS, n, dtype=torch.float32, device=logp.device)  # every entry written
         cfg = _config(logp.device)
-        if advantages is not None:
-            advantages = advantages.contiguous()
-            mode = _ADV_TOKEN if advantages.dim() == 2 else _ADV_ROW
-            rewards = order = start = count = advantages  # not read
-            adv_out = advantages.new_empty(0, dtype=torch.float32)
-        else:
-            mode = _ADV_GROUP_STD if adv_norm == "group" else _ADV_GROUP_CENTRED
-            rewards = rewards.to(torch.float32).contiguous()
-            sorted_group, order = torch.sort(group, stable=True)
-            start = torch.searchsorted(sorted_group, group)
-            count = torch.searchsorted(sorted_group, group, right=True) - start
-            adv_out = torch.empty(n, dtype=torch.float32, device=logp.device)
         if n > 0:
             _forward_kernel[(n,)](
-                logp, old_logp, mask, mask if den is None else den, mask if stats is None else stats,
-                adv_out if advantages is None else advantages,
-                rewards, order, start, count, adv_out, partials, n, t,
-                scalars.clamp_low, scalars.clamp_high, scalars.stat_low, scalars.stat_high, adv_eps=adv_eps,
-                ADV_MODE=mode, HAS_DEN=den is not None, HAS_STATS=stats is not None, BLOCK_T=cfg["BLOCK_T"],
-                BLOCK_G=cfg["BLOCK_G"], num_warps=cfg["num_warps"], **_launch_args(scalars))
-        ctx.save_for_backward(logp, old_logp, mask, adv_out if advantages is None else advantages)
+                logp, old_logp, mask, mask if den is None else den, mask if stats is None else stats, advantages,
+                partials, n, t, scalars.clamp_low, scalars.clamp_high, scalars.stat_low, scalars.stat_high,
+                ADV_PER_TOKEN=advantages.dim() == 2, HAS_DEN=den is not None, HAS_STATS=stats is not None,
+                BLOCK_T=cfg["BLOCK_T"], num_warps=cfg["num_warps"], **_launch_args(scalars))
+        ctx.save_for_backward(logp, old_logp, mask, advantages)
         ctx.scalars = scalars
-        ctx.mark_non_differentiable(partials, adv_out)
-        return partials[0].clone(), partials, adv_out
+        ctx.mark_non_differentiable(partials)
+        return partials[0].clone(), partials
 
     @staticmethod
-    def backward(ctx, grad_rows, _grad_partials, _grad_adv_out):
+    def backward(ctx, grad_rows, _grad_partials):
         logp, old_logp, mask, used = ctx.saved_tensors
         dlogp = torch.zeros_like(logp)
         n, t = logp.shape
@@ -327,24 +277,17 @@ class _RowLosses(torch.autograd.Function):
                 grad_rows.to(torch.float32).contiguous(), logp, old_logp, mask, used, dlogp, t,
                 s.clamp_low, s.clamp_high, ADV_PER_TOKEN=used.dim() == 2, BLOCK_T=cfg["BLOCK_T"],
                 num_warps=cfg["num_warps"], **_launch_args(s))
-        return (dlogp,) + (None,) * 10
+        return (dlogp,) + (None,) * 6
 
 
 def row_losses(
     logp: Tensor,  # [N,T]
     old_logp: Tensor,  # [N,T]
     mask: Tensor,  # [N,T]
-    advantages: Tensor | None,  # [N] or [N,T]; None: from rewards and group
-    rewards: Tensor | None,  # [N]
-    group: Tensor | None,  # [N]
-    adv_norm: str,  # "group" | "none" (with rewards)
-    adv_eps: float,
+    advantages: Tensor,  # [N] or [N,T]
     denominator_mask: Tensor | None,  # [N,T]
     stats_mask: Tensor | None,  # [N,T]
     scalars: KernelScalars,
-) -> tuple[Tensor, Tensor, Tensor]:  # S [N] fp32 (differentiable in logp), partials [NUM_PARTIALS, N], adv
-    """Per-row masked loss sums, the per-row partials and the advantages used (``advantages`` when given,
-    else the group-normalised ones, [N] fp32). Arguments are checked by the caller."""
-    rows, partials, adv_out = _RowLosses.apply(logp, old_logp, mask, advantages, rewards, group, adv_norm, adv_eps,
-                                               denominator_mask, stats_mask, scalars)
-    return rows, partials, (adv_out if advantages is None else advantages.detach())
+) -> tuple[Tensor, Tensor]:  # S [N] fp32 (differentiable in logp), partials [NUM_PARTIALS, N]
+    """Per-row masked loss sums and the per-row partials. Arguments are checked by the caller."""
+    return _RowLosses.apply(logp, old_logp, mask, advantages, denominator_mask, stats_mask, scalars)

@@ -1,26 +1,55 @@
-"""The command line as a user runs it: bad recipes fail at once, registries list what they hold."""
+"""The command line as a user runs it: bad recipes fail at once, registries list what they hold. In process
+(``rlvr.cli.main``), with one run of the installed entry point in a process of its own."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+
+import pytest
 
 from rlvr import algos
+from rlvr.cli import main
 from tests.conftest import REPO
 
 RECIPE = str(REPO / "recipes/tiny/grpo.yaml")
 
 
-def _rlvr(*args, cwd):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True,
-                            timeout=120, cwd=cwd)
-    return result, time.perf_counter() - started
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_unknown_algorithm_fails_at_once_listing_the_known_ones(tmp_path):
-    result, seconds = _rlvr("train", RECIPE, "algorithm.name=nope", f"trainer.output_dir={tmp_path}/run", cwd=tmp_path)
+@pytest.fixture
+def rlvr(capsys, monkeypatch, tmp_path):
+    """``rlvr ARGS`` in this process, from ``tmp_path``: its exit code and output, and the seconds it took."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        capsys.readouterr()
+        started = time.perf_counter()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err), time.perf_counter() - started
+
+    return run
+
+
+def test_the_installed_command_runs_in_a_process_of_its_own(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rlvr.cli", "list", "algorithms"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0 and "grpo" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "rlvr.cli", "train", RECIPE, "algorithm.name=nope"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "algorithm.name: 'nope' is unknown" in bad.stderr
+
+
+def test_unknown_algorithm_fails_at_once_listing_the_known_ones(rlvr, tmp_path):
+    result, seconds = rlvr("train", RECIPE, "algorithm.name=nope", f"trainer.output_dir={tmp_path}/run")
     assert result.returncode == 2
     assert f"algorithm.name: 'nope' is unknown; known algorithms: {', '.join(algos.names())}" in result.stderr
     assert "astar, capo, copo, dapo, dcpo, drgrpo, forking-tokens, grpo, gspo, rloo, scaf_grpo" in result.stderr
@@ -28,15 +57,15 @@ def test_unknown_algorithm_fails_at_once_listing_the_known_ones(tmp_path):
     assert seconds < 60
 
 
-def test_misspelt_key_fails_naming_it(tmp_path):
-    result, _ = _rlvr("train", RECIPE, "rollout.temprature=0.7", cwd=tmp_path)
+def test_misspelt_key_fails_naming_it(rlvr):
+    result, _ = rlvr("train", RECIPE, "rollout.temprature=0.7")
     assert result.returncode == 2
     assert "rollout.temprature: unknown key (value 0.7)" in result.stderr
     assert "temperature" in result.stderr  # what is allowed
 
 
-def test_list_algorithms_and_rewards(tmp_path):
-    algorithms, _ = _rlvr("list", "algorithms", cwd=tmp_path)
+def test_list_algorithms_and_rewards(rlvr):
+    algorithms, _ = rlvr("list", "algorithms")
     assert algorithms.returncode == 0
     lines = algorithms.stdout.strip().splitlines()
     names = [line.split()[0] for line in lines]
@@ -45,22 +74,22 @@ def test_list_algorithms_and_rewards(tmp_path):
             "scaf_grpo"} <= set(names)
     assert all(len(line.split(None, 1)[1]) > 30 for line in lines)  # a one-line description each
     assert "DCPO: dynamic per-token clip bounds" in algorithms.stdout
-    rewards, _ = _rlvr("list", "rewards", cwd=tmp_path)
+    rewards, _ = rlvr("list", "rewards")
     assert rewards.returncode == 0 and "math_answer" in rewards.stdout
     assert "reward_fns.math_answer:reward" in rewards.stdout
 
 
-def test_astar_without_its_stage_one_table_fails_at_once_naming_the_command(tmp_path):
-    result, seconds = _rlvr("train", str(REPO / "recipes/tiny/astar.yaml"), f"trainer.output_dir={tmp_path}/run",
-                            f"algorithm.values_path={tmp_path}/none.jsonl", cwd=tmp_path)
+def test_astar_without_its_stage_one_table_fails_at_once_naming_the_command(rlvr, tmp_path):
+    result, seconds = rlvr("train", str(REPO / "recipes/tiny/astar.yaml"), f"trainer.output_dir={tmp_path}/run",
+                           f"algorithm.values_path={tmp_path}/none.jsonl")
     assert result.returncode == 2
     assert "run `rlvr prepare astar RECIPE` first" in result.stderr
     assert not (tmp_path / "run").exists()
     assert seconds < 60
 
 
-def test_prepare_rejects_unknown_stages_and_other_algorithms(tmp_path):
-    result, _ = _rlvr("prepare", "vstar", RECIPE, cwd=tmp_path)
+def test_prepare_rejects_unknown_stages_and_other_algorithms(rlvr):
+    result, _ = rlvr("prepare", "vstar", RECIPE)
     assert result.returncode == 2 and "prepare stage 'vstar' is unknown; known stages: astar" in result.stderr
-    result, _ = _rlvr("prepare", "astar", RECIPE, cwd=tmp_path)
+    result, _ = rlvr("prepare", "astar", RECIPE)
     assert result.returncode == 2 and "needs a recipe with algorithm.name: astar, not 'grpo'" in result.stderr

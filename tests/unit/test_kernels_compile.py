@@ -71,15 +71,15 @@ SCRIPT = textwrap.dedent('''
         assemble(lt._dlogits_kernel, {**cfg, "HAS_GRAD_LOGP": True, "HAS_GRAD_ENTROPY": True}, options, pointers,
                  ints, operand)
 
-    # policy_loss: every advantage mode and clip kind
+    # policy_loss: advantages per row and per token, both clip kinds
     cfg = pl._config(torch.device("cuda"))
     options = {"num_warps": cfg["num_warps"]}
     pointers = {"logp_ptr": "bf16", "old_ptr": "bf16", "dlogp_ptr": "bf16", "mask_ptr": "u8", "den_ptr": "u8",
-                "stats_ptr": "u8", "order_ptr": "i64", "start_ptr": "i64", "count_ptr": "i64"}
-    for mode in (0, 1, 2):
+                "stats_ptr": "u8"}
+    for per_token in (False, True):
         for dcpo in (False, True):
-            consts = dict(ADV_MODE=mode, HAS_DEN=True, HAS_STATS=True, DCPO=dcpo, HAS_CAP=dcpo, DUAL=True,
-                          BLOCK_T=cfg["BLOCK_T"], BLOCK_G=cfg["BLOCK_G"], EXP_LIMIT=pl._EXP_LIMIT)
+            consts = dict(ADV_PER_TOKEN=per_token, HAS_DEN=True, HAS_STATS=True, DCPO=dcpo, HAS_CAP=dcpo, DUAL=True,
+                          BLOCK_T=cfg["BLOCK_T"], EXP_LIMIT=pl._EXP_LIMIT)
             assemble(pl._forward_kernel, consts, options, pointers, ("N", "T"), str(consts))
     for per_token in (False, True):
         for dcpo in (False, True):
@@ -98,7 +98,7 @@ def test_kernels_compile_for_hopper_without_spills(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(results) == 4 + 10
+    assert len(results) == 4 + 8  # log-prob kernels (fp32, bf16) + policy_loss forward and backward, 4 each
     for r in results:
         assert r["rc"] == 0, f"{r['kernel']}: ptxas failed: {r['log']}"
         assert r["spill"] == 0, f"{r['kernel']}: {r['spill']} bytes of register spills: {r['log']}"

@@ -17,7 +17,7 @@ from rlvr import algos
 from rlvr.algos.algorithm import LossInputs, RunInfo
 from rlvr.algos.registry import Part
 from rlvr.algos.functional import (AGG_MODES, aggregate, clip_metrics, clipped_pg_terms, dcpo_bound_metrics,
-                                   dcpo_ratio_bounds, group_advantages)
+                                   dcpo_ratio_bounds)
 from rlvr.kernels.policy_loss import policy_loss
 
 # The module itself (the package's attribute of that name is the function it exports).
@@ -128,7 +128,6 @@ def test_row_advantages_every_aggregation(impl, clip, agg, dual_clip):
                      impl=impl)
     _assert_close(out.loss, grad, *_reference(logp, old, mask, adv, CLIPS[clip], dual_clip, agg))
     _assert_stats(out.stats, _expected_stats(logp, old, adv, mask, CLIPS[clip], dual_clip))
-    assert torch.equal(out.advantages, adv)
     # Both directions of the clip (and the dual clip) happen, so the test covers every branch.
     assert out.stats["actor/clip_frac_high"] > 0 and out.stats["actor/clip_frac_low"] > 0
     assert dual_clip is None or out.stats["actor/clip_frac_dual"] > 0
@@ -145,34 +144,9 @@ def test_token_advantages(impl, clip, agg):
     _assert_stats(out.stats, _expected_stats(logp, old, adv, mask, CLIPS[clip], 3.0))
 
 
-# Groups of 1, 2, 3, 4 (uniform) and 10 (more than the interpreter's 8-row group tile), with scattered,
-# unsorted ids; rewards are exact in binary so that a uniform group's mean is exact in any summation order.
-GROUP = torch.tensor([5, 9, 5, -2, 9, 9, 5, 40, 40, 40, 40, 9, 9, 9, 7, 9, 9, 9, 9, 5])
-REWARDS = torch.tensor([1.0, 0.0, 0.5, 2.0, 1.0, 0.0, 0.25, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.75, 0.5, 0.0,
-                        0.0, 1.0, 0.0])
-
-
-# The interpreter evaluates both sides of tl.where, so numpy warns about the side not taken (0/0 for a
-# uniform group at eps 0, exp overflow for q ~ 0).
+# The interpreter evaluates both sides of tl.where, so numpy warns about the side not taken (exp overflow for
+# q ~ 0).
 IGNORE_UNTAKEN_BRANCH = pytest.mark.filterwarnings("ignore:(invalid value|overflow) encountered:RuntimeWarning")
-
-
-@IGNORE_UNTAKEN_BRANCH
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("adv_norm", ["group", "none", "batch"])
-@pytest.mark.parametrize("adv_eps", [1e-6, 0.0])
-def test_rewards_and_variable_size_groups(impl, adv_norm, adv_eps):
-    seed = 300 + ["group", "none", "batch"].index(adv_norm) * 2 + (adv_eps == 0)
-    logp, old, mask, _ = _inputs(seed, CLIPS["fixed"], n=len(GROUP), t=21, zero_rows=(3,))
-    out, grad = _run(logp, old, mask, rewards=REWARDS, group=GROUP, adv_norm=adv_norm, adv_eps=adv_eps,
-                     **CLIPS["fixed"], impl=impl)
-    expected_adv = group_advantages(REWARDS, GROUP, adv_norm, adv_eps)
-    assert out.advantages.shape == (len(GROUP),)
-    assert torch.allclose(out.advantages, expected_adv, rtol=1e-6, atol=1e-7)
-    assert (out.advantages[7:11] == 0).all()  # the uniform group
-    assert out.advantages[3] == pytest.approx(2.0 / (1.0 + adv_eps) if adv_norm == "group" else
-                                              float(expected_adv[3]))  # the group of one: its reward
-    _assert_close(out.loss, grad, *_reference(logp, old, mask, expected_adv, CLIPS["fixed"], 3.0, "token-mean"))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -211,7 +185,7 @@ def test_triton_rows_with_zero_upstream_gradient_get_zeros():
     logp, old, mask, adv = _inputs(600, CLIPS["fixed"], n=6, t=19, zero_rows=())
     lp = logp.clone().requires_grad_()
     scalars = KernelScalars.build("fixed", 0.2, 0.28, None, 3.0)
-    rows, _, _ = row_losses(lp, old, mask, adv, None, None, "group", 1e-6, None, None, scalars)
+    rows, _ = row_losses(lp, old, mask, adv, None, None, scalars)
     weights = torch.tensor([0.0, 2.0, 0.0, -1.0, 0.5, 0.0])
     (rows * weights).sum().backward()
     expected = _reference(logp, old, mask, adv, CLIPS["fixed"], 3.0, "seq-mean-token-sum", num_seqs=1.0)[1]
@@ -280,12 +254,6 @@ def _bad(**change):
     (dict(stats_mask=torch.ones(3, 3)), r"stats_mask has shape"),
     (dict(logp=torch.zeros(3, 4, 2)), r"logp must be \[N,T\]"),
     (dict(advantages=torch.zeros(4)), r"advantages has shape \(4,\); it must be \[N\] = \(3,\) or \[N,T\]"),
-    (dict(rewards=torch.zeros(3), group=torch.zeros(3)), "either advantages or rewards and group, not both"),
-    (dict(advantages=None), r"give advantages \(\[N\] or \[N,T\]\), or rewards and group"),
-    (dict(advantages=None, rewards=torch.zeros(3)), "or rewards and group"),
-    (dict(advantages=None, rewards=torch.zeros(3), group=torch.zeros(2)), r"group has shape \(2,\); it must be"),
-    (dict(advantages=None, rewards=torch.zeros(3), group=torch.zeros(3), adv_norm="std"),
-     "advantage norm 'std' is unknown; use 'group', 'batch' or 'none'"),
     (dict(agg="mean"), "loss aggregation 'mean' is unknown; use one of token-mean, seq-mean-token-mean"),
     (dict(agg="seq-mean-token-sum-norm"), "seq-mean-token-sum-norm needs loss_scale"),
     (dict(clip="dynamic"), "clip 'dynamic' is unknown; use one of 'fixed', 'dcpo'"),

@@ -7,7 +7,7 @@ table, writes JSON.
 Each variant runs in a fresh process (peak resident sets do not mix): the model loaded as the torch learner loads it
 (gradient checkpointing on), AdamW's state made by one update first, then ``--repeats`` updates of a random batch,
 each a forward and backward through rlvr's log-prob path, gradient clipping and an AdamW step, inside the learner's
-memory phase (rlvr.learner.memory.learner_phase). Reported: the peak resident set added over the set before the
+memory phase (rlvr.memory.learner_phase). Reported: the peak resident set added over the set before the
 update (the largest over the repeats) and the median seconds per update.
 """
 
@@ -27,7 +27,7 @@ def one(model: str, rows: int, tokens: int, block: int | None, repeats: int) -> 
     """One variant in this process: ``block`` None is the model's own MLP."""
     import torch
 
-    from rlvr.learner.memory import learner_phase, peak_resident_bytes, release_free_memory, resident_bytes
+    from rlvr.memory import learner_phase, peak_resident_bytes, release_free_memory, resident_bytes
     from rlvr.models.forward import response_logprobs
     from rlvr.models.loading import load_model, resolve_model_path
 

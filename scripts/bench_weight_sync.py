@@ -34,7 +34,7 @@ def main() -> None:
     from rlvr.models.loading import load_model, load_tokenizer, resolve_model_path
     from rlvr.rollout.engine import SamplingParams
     from rlvr.rollout.vllm import SHARED_MEMORY_DIR, VLLMEngine
-    from rlvr.workers.weights import named_arrays
+    from rlvr.transfer.arrays import named_arrays
 
     model_dir = resolve_model_path(args.model)
     model = load_model(model_dir, args.dtype).eval()

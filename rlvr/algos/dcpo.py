@@ -28,6 +28,11 @@ from torch import Tensor
 from rlvr.algos.functional import group_stats
 from rlvr.algos.losses import fused_clipped_loss
 from rlvr.algos.registry import estimator, loss
+from rlvr.kernels.reference import check_dcpo_bounds, dcpo_bound_metrics, dcpo_ratio_bounds
+
+# The ratio bounds are the fused kernel's reference maths (rlvr.kernels.reference), and DCPO's public names here.
+__all__ = ["PromptStatistics", "check_dcpo_bounds", "dcpo", "dcpo_bound_metrics", "dcpo_clipped", "dcpo_ratio_bounds",
+           "dcpo_smooth_advantages"]
 
 
 class PromptStatistics:
@@ -77,62 +82,6 @@ def dcpo_clipped(inputs, ctx, agg) -> tuple[Tensor, dict[str, float]]:
         spec = {"clip": "dcpo", "eps_low": o.clip_eps_low, "eps_high": o.clip_eps_high, "bound_cap": o.bound_cap,
                 "dual_clip": o.dual_clip}
     return fused_clipped_loss(inputs, agg, spec)
-
-
-def dcpo_ratio_bounds(
-    old_logp: Tensor,  # [N,T]
-    eps_low: float,
-    eps_high: float,
-    cap: float | None = 10.0,
-) -> tuple[Tensor, Tensor]:  # low [N,T], high [N,T]
-    """DCPO dynamic-adaptive clipping (DAC) bounds on the ratio ``r`` (ALGORITHMS.md 2.1(a)).
-
-    DCPO bounds ``|(r - 1) p| <= eps`` with ``p = r q`` the new probability and ``q = exp(old_logp)`` the
-    old probability of the sampled token, instead of PPO's ``|r - 1| <= eps``. Solving the quadratics:
-
-        r_low(q)  = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / q, 0))
-        r_high(q) = min(1/2 + 1/2 sqrt(1 + 4 eps_high / q), cap)
-
-    so ``(r_high - 1) r_high q = eps_high`` exactly (before the cap), and ``(1 - r_low) r_low q = eps_low``
-    while ``q > 4 eps_low`` (below that ``r_low = 0.5``). Compared with fixed bounds
-    ``[1 - eps_low, 1 + eps_high]``: rare tokens get a much wider upper bound (q=0.01, eps_high=0.2 ->
-    5.0), likely ones a slightly tighter one (q=1 -> 1.171); the lower bound is never tighter than
-    ``(1 + sqrt(1 - 4 eps_low)) / 2`` (0.724 for eps_low=0.2, below 0.8) and is 0.5 once ``q <= 4 eps_low``.
-    Output dtype follows ``old_logp`` (computed in float64).
-    Feed the result to :func:`clipped_pg_terms` as ``1 - low`` and ``high - 1`` with ``dual_clip=10``.
-
-    Authors' code (lime-RL/DCPO ``core_algos.get_clip_low_high``, which names its argument
-    ``ref_logprob`` but receives the old log-prob) clamps ``r_high <= max(clip_ratio_c, 10)``; ``cap``
-    is that value (10 with the recipe's ``clip_ratio_c=10``); the paper has no cap: pass ``cap=None``.
-    Departure from the code: a token with ``q == 0`` (old log-prob -inf or underflowed) gets the limits
-    ``r_low = 0.5`` and ``r_high = cap``; the code's ``where(q != 0, ...)`` gives it ``r_low = 1``.
-    """
-    check_dcpo_bounds(eps_low, eps_high, cap)
-    inv_q = torch.exp(-old_logp.to(torch.float64))  # 1/q; inf when q underflows, which the formulas absorb
-    low = 0.5 + 0.5 * torch.sqrt(torch.clamp(1.0 - 4.0 * eps_low * inv_q, min=0.0))
-    high = 0.5 + 0.5 * torch.sqrt(1.0 + 4.0 * eps_high * inv_q)
-    if cap is not None:
-        high = torch.clamp(high, max=cap)
-    dtype = old_logp.dtype if old_logp.is_floating_point() else torch.float32
-    return low.to(dtype), high.to(dtype)
-
-
-def check_dcpo_bounds(eps_low: float, eps_high: float, cap: float | None) -> None:
-    """Raise unless the arguments of :func:`dcpo_ratio_bounds` are in range."""
-    if eps_low < 0 or eps_low >= 1:
-        raise ValueError(f"dcpo eps_low must be in [0, 1), got {eps_low} (the recipe uses 0.2)")
-    if eps_high < 0:
-        raise ValueError(f"dcpo eps_high must be >= 0, got {eps_high} (the recipe uses 0.28)")
-    if cap is not None and not cap > 1.0:
-        raise ValueError(f"dcpo cap on the upper ratio bound must be > 1 or None, got {cap} (code: 10)")
-
-
-def dcpo_bound_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, float]:
-    """Mean DCPO ratio bounds ``low``/``high`` [N,T] over the valid tokens of ``mask`` [N,T] (0 when none)."""
-    keep = mask.bool()
-    if not keep.any():
-        return {"dcpo/bound_low_mean": 0.0, "dcpo/bound_high_mean": 0.0}
-    return {"dcpo/bound_low_mean": float(low[keep].mean()), "dcpo/bound_high_mean": float(high[keep].mean())}
 
 
 def dcpo_smooth_advantages(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rlvr.algos.options import AGG_MODES, AdvNorm, AggMode, KLKind
+from rlvr.kernels.reference import aggregate, check_dual_clip, clip_metrics, clipped_pg_terms
 
 # One algorithm's maths lives in that algorithm's module; the names stay importable from here.
 _MOVED = {
@@ -75,107 +76,6 @@ def group_stats(
 def _safe_divide(centred: Tensor, scale: Tensor) -> Tensor:
     """``centred / scale``, with 0 (not NaN) for a uniform group when eps is 0."""
     return torch.where(centred == 0, torch.zeros_like(centred), centred / scale)
-
-
-def aggregate(
-    losses: Tensor,  # [N,T]
-    mask: Tensor,  # [N,T]
-    mode: AggMode = "token-mean",
-    num_tokens: float | Tensor | None = None,
-    num_seqs: float | Tensor | None = None,
-    loss_scale: float | None = None,
-    denominator_mask: Tensor | None = None,  # [N,T], default ``mask``
-) -> Tensor:  # scalar
-    """Reduce a per-token loss matrix to a scalar (ALGORITHMS.md section 0).
-
-    ``num_tokens`` / ``num_seqs`` are the denominators' scope: pass the counts of the whole mini-batch
-    (across micro-batches and ranks) to get the global mean when micro-batch losses are summed by
-    gradient accumulation; leave them None for the local (micro-batch) mean.
-    ``loss_scale`` is the constant ``L_max`` of ``seq-mean-token-sum-norm`` (Dr.GRPO).
-    ``mask`` selects the tokens summed; ``denominator_mask`` the tokens counted by the local ``token-mean``
-    and by ``seq-mean-token-mean`` (token masks such as forking tokens may normalise by all valid tokens).
-    """
-    mask = mask.to(losses.dtype)
-    counted = mask if denominator_mask is None else denominator_mask.to(losses.dtype)
-    masked = losses * mask
-    if mode == "token-mean":
-        denominator = counted.sum() if num_tokens is None else num_tokens
-        return masked.sum() / torch.clamp(torch.as_tensor(denominator, dtype=losses.dtype), min=1.0)
-    rows = losses.shape[0] if num_seqs is None else num_seqs
-    rows = torch.clamp(torch.as_tensor(rows, dtype=losses.dtype), min=1.0)
-    if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / counted.sum(-1).clamp(min=1.0)).sum() / rows
-    if mode == "seq-mean-token-sum":
-        return masked.sum() / rows
-    if mode == "seq-mean-token-sum-norm":
-        if loss_scale is None:
-            raise ValueError("seq-mean-token-sum-norm needs loss_scale (the constant L_max, e.g. max_new_tokens)")
-        return masked.sum() / (rows * loss_scale)
-    raise ValueError(f"loss aggregation {mode!r} is unknown; use one of {', '.join(AGG_MODES)}")
-
-
-def clipped_pg_terms(
-    logp: Tensor,  # [N,T]
-    old_logp: Tensor,  # [N,T]
-    advantages: Tensor,  # [N] or [N,T]
-    eps_low: float | Tensor = 0.2,
-    eps_high: float | Tensor = 0.2,
-    dual_clip: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:  # loss [N,T], clipped [N,T] bool, ratio [N,T]
-    """Per-token PPO clipped loss ``max(-A r, -A clip(r, 1-eps_low, 1+eps_high))``, with optional dual
-    clip ``min(., -c A)`` for ``A < 0`` (Ye et al. 2019; verl ``clip_ratio_c``).
-
-    ``eps_low``/``eps_high`` may be tensors of shape [N,T] (DCPO's per-token bounds).
-    ``clipped`` marks tokens whose gradient the clip removed.
-    """
-    if advantages.dim() == 1:
-        advantages = advantages[:, None]
-    ratio = torch.exp(logp - old_logp)
-    unclipped = -advantages * ratio
-    clipped_ratio = torch.clamp(ratio, 1.0 - torch.as_tensor(eps_low), 1.0 + torch.as_tensor(eps_high))
-    clipped_loss = -advantages * clipped_ratio
-    loss = torch.maximum(unclipped, clipped_loss)
-    clipped = clipped_loss > unclipped
-    if dual_clip is not None:
-        check_dual_clip(dual_clip)
-        bound = -advantages * dual_clip
-        dual = (advantages < 0) & (loss > bound)
-        loss = torch.where(advantages < 0, torch.minimum(loss, bound), loss)
-        clipped = clipped | dual
-    return loss, clipped, ratio
-
-
-def check_dual_clip(dual_clip: float | None) -> None:
-    """Raise unless ``dual_clip`` is None (off) or > 1."""
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise ValueError(f"dual_clip must be > 1 (verl clip_ratio_c, default 3.0) or None, got {dual_clip}")
-
-
-def clip_metrics(parts: dict[str, Tensor], mask: Tensor, dual_clip: float | None) -> dict[str, float]:
-    """Fractions of valid tokens whose gradient a clip removed: ``high`` (A>0, ratio above its upper
-    bound), ``low`` (A<0, below its lower bound), ``dual`` (A<0, above the dual clip c); and the ratio mean.
-
-    ``parts``: ``ratio`` [N,T], ``low``/``high`` (the ratio bounds, scalars or [N,T]) and ``advantages``
-    ([N] or [N,T]); ``mask`` [N,T] marks the valid tokens.
-    """
-    ratio, low, high = parts["ratio"], parts["low"], parts["high"]
-    adv = parts["advantages"]
-    adv = adv[:, None] if adv.dim() == 1 else adv
-    valid = mask.bool()
-    count = valid.sum().clamp(min=1).float()
-
-    def frac(condition: Tensor) -> float:
-        return float((condition & valid).sum() / count)
-
-    out = {
-        "actor/clip_frac_high": frac((adv > 0) & (ratio > high)),
-        "actor/clip_frac_low": frac((adv < 0) & (ratio < low)),
-        "actor/ratio_mean": float((ratio * mask).sum() / count),
-    }
-    out["actor/clip_frac"] = out["actor/clip_frac_high"] + out["actor/clip_frac_low"]
-    if dual_clip is not None:
-        out["actor/clip_frac_dual"] = frac((adv < 0) & (ratio > dual_clip))
-    return out
 
 
 def truncated_is_weights(

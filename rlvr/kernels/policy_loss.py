@@ -9,7 +9,7 @@ old_logp)`` and ratio bounds ``[lo, hi]`` (``[1 - eps_low, 1 + eps_high]``, or D
 
 and :func:`policy_loss` returns ``functional.aggregate(l, mask, agg, ...)``, differentiable in ``logp``.
 
-Two implementations, one contract. ``torch`` composes the :mod:`rlvr.algos.functional` functions (CPU, and
+Two implementations, one contract. ``torch`` composes the :mod:`rlvr.kernels.reference` functions (CPU, and
 the reference). ``triton`` (CUDA) reads each input once: a forward kernel computes per row the masked loss
 sum ``S_i``, its denominator count and the clip statistics, torch
 finishes ``aggregate`` over those ``[N]`` vectors, and a backward kernel recomputes each token for
@@ -38,9 +38,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from rlvr.algos.functional import (aggregate, check_dcpo_bounds, check_dual_clip, clip_metrics, clipped_pg_terms,
-                                   dcpo_bound_metrics, dcpo_ratio_bounds)
 from rlvr.kernels.dispatch import IMPLS, check_triton_device
+from rlvr.kernels.reference import (aggregate, check_dcpo_bounds, check_dual_clip, clip_metrics, clipped_pg_terms,
+                                    dcpo_bound_metrics, dcpo_ratio_bounds)
 
 __all__ = ["PolicyLoss", "policy_loss"]
 

@@ -27,7 +27,7 @@ stage-0 engine amounts to that).
 
 Weights for the rollout workers are gathered onto rank 0 bucket by bucket (:data:`SYNC_BUCKET_BYTES` of
 parameters at a time under ``deepspeed.zero.GatheredParameters``), never the whole model at once on every
-rank, and leave as the numpy arrays of :mod:`rlvr.workers.weights`, named as the Hugging Face model's
+rank, and leave as the numpy arrays of :mod:`rlvr.transfer.arrays`, named as the Hugging Face model's
 ``state_dict``: the rollout side cannot tell them from the torch learner's.
 
 ``deepspeed`` is imported only here and only when a rank starts: ``import rlvr`` and the torch learner
@@ -57,8 +57,8 @@ from rlvr.config import LearnerConfig, Recipe
 from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model
-from rlvr.workers.sync import TensorSpec
-from rlvr.workers.weights import digest_arrays, tensor_arrays
+from rlvr.transfer.specs import TensorSpec
+from rlvr.transfer.arrays import digest_arrays, tensor_arrays
 
 SYNC_BUCKET_BYTES = 256 * 2**20  # parameters gathered at once for a weight sync or a save (OpenRLHF-sized)
 ENGINE_DIR = "deepspeed"  # inside a checkpoint: DeepSpeed's optimizer and engine state, one file per rank
@@ -328,11 +328,11 @@ class DeepSpeedLearner:
         return specs, tensors()
 
     def weights(self) -> dict[str, np.ndarray]:
-        """The full policy weights as numpy arrays (:mod:`rlvr.workers.weights`) on rank 0; ``{}`` elsewhere."""
+        """The full policy weights as numpy arrays (:mod:`rlvr.transfer.arrays`) on rank 0; ``{}`` elsewhere."""
         return tensor_arrays(self._full_state())
 
     def digest(self) -> str:
-        """:func:`rlvr.workers.weights.digest` of the full weights on rank 0; ``""`` elsewhere."""
+        """:func:`rlvr.transfer.arrays.digest` of the full weights on rank 0; ``""`` elsewhere."""
         arrays = self.weights()
         return digest_arrays(arrays) if self.rank == 0 else ""
 

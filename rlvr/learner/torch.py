@@ -19,12 +19,12 @@ from rlvr.algos.algorithm import Algorithm, LossInputs
 from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
-from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, learner_memory, learner_phase,
-                                 peak_resident_bytes, resident_bytes, tensor_bytes, transient_memory)
+from rlvr.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, learner_memory, learner_phase,
+                                 resident_bytes, tensor_bytes, transient_memory)
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
 from rlvr.models.tied_embedding import defer_tied_embedding_grad
-from rlvr.workers.weights import digest, named_arrays
+from rlvr.transfer.arrays import digest, named_arrays
 
 
 class TorchLearner:
@@ -40,7 +40,7 @@ class TorchLearner:
         # tensor at the update's peak (rlvr.models.tied_embedding); with checkpointing, rlvr's memory-saving mode.
         self.tied_embedding = (defer_tied_embedding_grad(self.model) if self.model.is_gradient_checkpointing
                                else None)
-        # Row-block recomputes allocate sub-MiB tensors: their phases map from 128 KiB (rlvr.learner.memory).
+        # Row-block recomputes allocate sub-MiB tensors: their phases map from 128 KiB (rlvr.memory).
         row_blocks = self.model.is_gradient_checkpointing and recipe.model.checkpoint_tokens is not None
         self.mmap_threshold = ROW_BLOCK_MMAP_THRESHOLD if row_blocks else LEARNER_MMAP_THRESHOLD
         self.reference = None
@@ -127,7 +127,7 @@ class TorchLearner:
 
     # -- state -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        """The policy's parameters and buffers for the rollout workers (:mod:`rlvr.workers.weights`)."""
+        """The policy's parameters and buffers for the rollout workers (:mod:`rlvr.transfer.arrays`)."""
         return named_arrays(self.model)
 
     def digest(self) -> str:
@@ -135,7 +135,7 @@ class TorchLearner:
 
     def memory_report(self, batch: RolloutBatch | None = None) -> dict[str, int]:
         """Where this process's memory goes (docs/memory.md), in bytes: the learner's tensors and the resident
-        set (:func:`rlvr.learner.memory.learner_memory`); with ``batch``, also the peak that a log-prob pass over it
+        set (:func:`rlvr.memory.learner_memory`); with ``batch``, also the peak that a log-prob pass over it
         adds, and for one forward and backward of its largest micro-batch the activations kept after the forward,
         the gradients and the peak added. Changes no weight and leaves no gradient behind (the next optimizer step
         starts from none either way)."""
@@ -224,17 +224,6 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
     )
-
-
-def peak_memory_bytes() -> int:
-    """Peak memory of this process since the previous call (so each step reports its own): the CUDA allocator's
-    peak on a GPU, the peak resident set on a CPU (:func:`rlvr.learner.memory.peak_resident_bytes`; the lifetime
-    peak where the kernel's high-water mark cannot be reset)."""
-    if torch.cuda.is_available():
-        peak = int(torch.cuda.max_memory_allocated())
-        torch.cuda.reset_peak_memory_stats()
-        return peak
-    return peak_resident_bytes(reset=True)
 
 
 def optimizer_steps(batch: RolloutBatch, cfg, optimizer_step) -> tuple[dict[str, float], list[float], int]:

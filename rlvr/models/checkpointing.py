@@ -67,11 +67,11 @@ def _row_chunked(checkpoint: Callable, max_tokens: int, function: Callable, hidd
 
 def _releasing_first(function: Callable) -> Callable:
     """``function`` that first hands the heap's free pages back to the kernel
-    (:func:`rlvr.learner.memory.release_free_memory`, ~10 ms): once per layer, at its forward and at its recompute
+    (:func:`rlvr.memory.release_free_memory`, ~10 ms): once per layer, at its forward and at its recompute
     in the backward (the first block's). What the head's and the previous layers' backward freed in the heap (small
     tensors, under the learner's mmap threshold) would otherwise stay resident under the next recompute: in
     SmolLM2's update, 35 .. 56 MiB at the peak (docs/memory.md)."""
-    from rlvr.learner.memory import release_free_memory
+    from rlvr.memory import release_free_memory
 
     def run(*args: Any) -> Any:
         release_free_memory()

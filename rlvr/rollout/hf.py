@@ -15,7 +15,7 @@ import torch
 
 from rlvr.models.forward import response_logprobs
 from rlvr.rollout.engine import Completion, SamplingParams
-from rlvr.workers.weights import load_named_arrays
+from rlvr.transfer.arrays import load_named_arrays
 
 
 class HFEngine:

@@ -59,8 +59,8 @@ import torch
 
 from rlvr.models.loading import resolve_model_path
 from rlvr.rollout.engine import Completion, SamplingParams
-from rlvr.workers.sync import BACKENDS, specs_from_wire, total_bytes
-from rlvr.workers.weights import array_tensors
+from rlvr.transfer.specs import BACKENDS, specs_from_wire, total_bytes
+from rlvr.transfer.arrays import array_tensors
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class WorkerExtension:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.mtp_validation import disable_mtp_completeness_check
 
-        # A tied embedding crosses once (rlvr.workers.weights.tensor_arrays); the layerwise reload rebuilds the LM
+        # A tied embedding crosses once (rlvr.transfer.arrays.tensor_arrays); the layerwise reload rebuilds the LM
         # head apart from the embedding, so it gets the same tensor here, inside the worker, at no transfer cost.
         if getattr(self.vllm_config.model_config.hf_text_config, "tie_word_embeddings", False):
             names = {name for name, _ in tensors}
@@ -449,7 +449,7 @@ class WorkerExtension:
         """Bytes in use on the worker's GPU, by every process on it (vLLM allocates outside torch's counters); on
         a CPU (vLLM's CPU build) the worker process's peak resident set."""
         if self.device.type == "cpu":
-            from rlvr.learner.torch import peak_memory_bytes
+            from rlvr.memory import peak_memory_bytes
 
             return peak_memory_bytes()
         free, total = torch.cuda.mem_get_info(self.device)
@@ -570,7 +570,7 @@ class VLLMEngine:
         return [completion_from_output(output.outputs[0], sampling.logprobs) for output in outputs]
 
     def load_weights(self, named_arrays: dict[str, np.ndarray]) -> None:
-        """Load a full set of weights (:func:`rlvr.workers.weights.named_arrays`) into the running model.
+        """Load a full set of weights (:func:`rlvr.transfer.arrays.named_arrays`) into the running model.
 
         Raises ``KeyError`` when a model parameter got nothing from ``named_arrays`` (it keeps its old values);
         a name the model does not have fails in vLLM's loader. Like vLLM's own reload it cannot tell a fused

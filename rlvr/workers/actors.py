@@ -21,9 +21,9 @@ import ray
 import torch
 
 from rlvr.batch import RolloutBatch
-from rlvr.learner.memory import LEARNER_MMAP_THRESHOLD, learner_phase, release_free_memory
+from rlvr.memory import LEARNER_MMAP_THRESHOLD, learner_phase, release_free_memory
 from rlvr.rollout.engine import Completion, SamplingParams
-from rlvr.workers.sync import BACKENDS
+from rlvr.transfer.specs import BACKENDS
 
 if TYPE_CHECKING:
     from rlvr.config import Recipe
@@ -83,14 +83,14 @@ class _Sampler:
         return completions
 
     def weights_digest(self) -> str:
-        from rlvr.workers.weights import digest
+        from rlvr.transfer.arrays import digest
 
         return digest(self.engine.model)
 
     def peak_memory(self) -> int:
         """This process's peak since the previous call (CUDA allocator, or resident set on a CPU), or the engine
         GPUs' memory in use after a generation since then when that is more."""
-        from rlvr.learner.torch import peak_memory_bytes
+        from rlvr.memory import peak_memory_bytes
 
         peak, self.engine_memory = max(peak_memory_bytes(), self.engine_memory), 0
         return peak

@@ -25,7 +25,7 @@ from rlvr.config import Recipe
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.workers.actors import LearnerActor, LearnerRankActor, RolloutActor
 from rlvr.workers.plan import GroupPlan, PlacementError, PlacementPlan, plan_placement
-from rlvr.workers.sync import BACKENDS
+from rlvr.transfer.specs import BACKENDS
 
 PLACEMENT_TIMEOUT_S = 300  # waiting for Ray to reserve a placement group's GPUs before saying why it cannot
 
@@ -227,7 +227,7 @@ class Workers:
         self._on_learners("load", directory, algorithm_state)
 
     def learner_digest(self) -> str:
-        """:func:`rlvr.workers.weights.digest` of the learner's full weights."""
+        """:func:`rlvr.transfer.arrays.digest` of the learner's full weights."""
         return self._on_learners("learner_digest")
 
     def peak_memory(self) -> int:

@@ -21,7 +21,7 @@ from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_tokenizer
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.hf import HFEngine
-from rlvr.workers.weights import load_named_arrays, named_arrays
+from rlvr.transfer.arrays import load_named_arrays, named_arrays
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 pytest.importorskip("vllm")

@@ -24,7 +24,7 @@ from rlvr.models.loading import load_model
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
 from rlvr.trainer import Trainer
-from rlvr.workers.weights import load_named_arrays
+from rlvr.transfer.arrays import load_named_arrays
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

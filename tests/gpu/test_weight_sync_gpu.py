@@ -12,7 +12,7 @@ bytes, and print its time (``-s`` shows it).
   such a layout up front still runs.
 
 The first tests use vLLM but no GPU (they run where tests/gpu runs): vLLM's own packing against
-:func:`rlvr.workers.sync.nccl_buckets` and :func:`~rlvr.workers.sync.check_alignment`, its update-info classes
+:func:`rlvr.transfer.specs.nccl_buckets` and :func:`~rlvr.transfer.specs.check_alignment`, its update-info classes
 against our metadata.
 Run on a GPU machine with the ``gpu`` extra: ``python -m pytest -q -s tests/gpu/test_weight_sync_gpu.py``.
 """
@@ -31,17 +31,8 @@ from rlvr.data.tasks import arithmetic
 from rlvr.models.loading import load_model, load_tokenizer
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
-from rlvr.workers.sync import (
-    CudaIpcSync,
-    NCCLBroadcastSync,
-    TensorSpec,
-    check_alignment,
-    ipc_buckets,
-    ipc_capacity,
-    nccl_buckets,
-    tensor_spec,
-    wire_metadata,
-)
+from rlvr.transfer.specs import TensorSpec, check_alignment, ipc_buckets, ipc_capacity, nccl_buckets, tensor_spec, wire_metadata
+from rlvr.workers.sync import CudaIpcSync, NCCLBroadcastSync
 
 pytest.importorskip("vllm")
 

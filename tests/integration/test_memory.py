@@ -11,9 +11,10 @@ import torch
 from rlvr import algos
 from rlvr.batch import RolloutBatch
 from rlvr.config import build_recipe
-from rlvr.learner.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, heap_stats, learner_memory,
+from rlvr.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, heap_stats, learner_memory,
                                  learner_phase, resident_bytes)
-from rlvr.learner.torch import TorchLearner, peak_memory_bytes
+from rlvr.learner.torch import TorchLearner
+from rlvr.memory import peak_memory_bytes
 from rlvr.workers.actors import _Learning
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out

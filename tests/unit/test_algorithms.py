@@ -426,3 +426,10 @@ def test_astar_table_errors(tmp_path):
     table.write_text("{not json\n")
     with pytest.raises(ValueError, match="t.jsonl:1: not a stage-1 row"):
         algos.build("astar", values_path=str(table)).prepare_prompts([Prompt("a", "", "")], recipe)
+
+
+def test_the_kernels_aggregations_are_the_options():
+    from rlvr.algos.options import AGG_MODES
+    from rlvr.kernels.reference import AGG_MODES as KERNEL_AGG_MODES
+
+    assert KERNEL_AGG_MODES == AGG_MODES

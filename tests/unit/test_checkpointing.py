@@ -72,12 +72,12 @@ def test_a_layer_runs_once_per_block_in_the_forward_and_again_in_the_backward(mo
 
 @pytest.mark.parametrize("max_tokens", [3 * 12, 1000])  # three blocks; one
 def test_each_layer_hands_the_free_heap_back_before_its_forward_and_its_recompute(monkeypatch, max_tokens):
-    import rlvr.learner.memory
+    import rlvr.memory
 
     model = small_llama()
     chunk_checkpointed_layers(model, max_tokens)
     released = []
-    monkeypatch.setattr(rlvr.learner.memory, "release_free_memory", lambda: released.append(1))
+    monkeypatch.setattr(rlvr.memory, "release_free_memory", lambda: released.append(1))
     ids, mask = batch()
     loss_and_gradients(model, ids, mask)
     assert len(released) == 2 * 3  # 3 layers: at each one's forward and at its recompute, once however many blocks

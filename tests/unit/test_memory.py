@@ -1,4 +1,4 @@
-"""Memory accounting (rlvr/learner/memory.py): tensor bytes, the per-step peak, and learner phases whose freed
+"""Memory accounting (rlvr/memory.py): tensor bytes, the per-step peak, and learner phases whose freed
 tensors go back to the kernel."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr.learner.memory import heap_stats, model_bytes, optimizer_state_bytes, tensor_bytes
+from rlvr.memory import heap_stats, model_bytes, optimizer_state_bytes, tensor_bytes
 
 MiB = 2**20
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and glibc's malloc")
@@ -40,8 +40,8 @@ def test_tensor_bytes_counts_tied_weights_and_views_once():
 
 _PEAK_SCRIPT = """
 import torch
-from rlvr.learner.memory import peak_resident_bytes, resident_bytes
-from rlvr.learner.torch import peak_memory_bytes
+from rlvr.memory import peak_resident_bytes, resident_bytes
+from rlvr.memory import peak_memory_bytes
 MiB = 2**20
 peak_memory_bytes()  # starts a new window
 start = resident_bytes()
@@ -67,7 +67,7 @@ def test_the_peak_is_each_steps_own_not_the_process_lifetime():
 
 _PHASE_SCRIPT = """
 import torch
-from rlvr.learner.memory import heap_stats, learner_phase, release_free_memory, resident_bytes
+from rlvr.memory import heap_stats, learner_phase, release_free_memory, resident_bytes
 MiB = 2**20
 warm = torch.ones(6 * MiB)  # 24 MiB, mapped and freed: glibc's sliding threshold rises above 4 MiB, as it
 del warm  # does in any process that has freed a large tensor (and a phase's end sets it to 32 MiB)

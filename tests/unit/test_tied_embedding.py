@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlvr.learner.memory import learner_phase, peak_resident_bytes, resident_bytes
+from rlvr.memory import learner_phase, peak_resident_bytes, resident_bytes
 from rlvr.models.tied_embedding import defer_tied_embedding_grad
 
 

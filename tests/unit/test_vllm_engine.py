@@ -29,7 +29,7 @@ from rlvr.rollout.vllm import (
     vllm_top_k,
     weight_chunks,
 )
-from rlvr.workers.weights import array_tensors, named_arrays
+from rlvr.transfer.arrays import array_tensors, named_arrays
 
 # ---- stand-ins with the fields of vLLM 0.32's output classes (outputs.py, logprobs.py) ----
 

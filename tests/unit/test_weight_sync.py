@@ -14,27 +14,30 @@ import numpy as np
 import pytest
 import torch
 
+from rlvr.transfer.specs import (
+    MIB,
+    TensorSpec,
+    bucket_bytes,
+    check_alignment,
+    ipc_buckets,
+    ipc_capacity,
+    nccl_buckets,
+    specs_from_wire,
+    tensor_spec,
+    total_bytes,
+    wire_metadata,
+)
 from rlvr.workers import sync
 from rlvr.workers.sync import (
     CudaIpcSync,
     EngineGroup,
     NCCLBroadcastSync,
     RoundSource,
-    TensorSpec,
-    bucket_bytes,
-    check_alignment,
     check_engines,
     check_port_free,
     engine_rank_offsets,
     free_port,
-    ipc_buckets,
-    ipc_capacity,
-    nccl_buckets,
-    specs_from_wire,
     sync_kind,
-    tensor_spec,
-    total_bytes,
-    wire_metadata,
 )
 
 
@@ -396,7 +399,7 @@ class FakeTrainer:
 @pytest.mark.parametrize("road_class", [NCCLBroadcastSync, CudaIpcSync])
 def test_send_plans_checks_and_counts_before_vllm_sends(monkeypatch, road_class):
     monkeypatch.setattr(sync, "_check_cuda", lambda name, tensor: None)
-    road = road_class([RecordingEngine()], bucket_mb=32 / sync.MIB)
+    road = road_class([RecordingEngine()], bucket_mb=32 / MIB)
     road._trainer = trainer = FakeTrainer(road.source)
     state = {"a": torch.zeros(16), "b": torch.zeros(4, dtype=torch.bfloat16), "c": torch.zeros(3)}
     assert road.send(state.items()) == 64 + 8 + 12

@@ -203,3 +203,14 @@ def transient_memory() -> Iterator[dict[str, int]]:
     peak_resident_bytes(reset=True)
     yield out
     out["peak"] = peak_resident_bytes(reset=True) - out["start"]
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this process since the previous call (so each step reports its own): the CUDA allocator's
+    peak on a GPU, the peak resident set on a CPU (:func:`peak_resident_bytes`; the lifetime
+    peak where the kernel's high-water mark cannot be reset)."""
+    if torch.cuda.is_available():
+        peak = int(torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    return peak_resident_bytes(reset=True)

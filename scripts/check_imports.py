@@ -19,6 +19,12 @@ def unit(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
+def exists(root: Path, package: str) -> bool:
+    """Whether ``package`` (``rlvr.algos``, ``rlvr.config``) is a package or module under ``root``."""
+    path = root.parent / Path(*package.split("."))
+    return path.is_dir() or path.with_suffix(".py").exists()
+
+
 def graph(root: Path = ROOT) -> dict[str, dict[str, list[str]]]:
     """``edges[a][b]``: the ``module:line`` places where package ``a`` imports package ``b``."""
     edges: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -33,15 +39,14 @@ def graph(root: Path = ROOT) -> dict[str, dict[str, list[str]]]:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                # `from rlvr import algos` imports rlvr.algos; `from rlvr.algos import x` imports rlvr.algos
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
             else:
                 continue
             for name in names:
-                if name.startswith("rlvr.") and unit(name) != unit(module) and name.count(".") >= 1:
-                    target = unit(name)
-                    if (ROOT.parent / Path(*target.split("."))).exists() or \
-                            (ROOT.parent / Path(*target.split("."))).with_suffix(".py").exists():
-                        edges[unit(module)][target].append(f"{module}:{node.lineno}")
+                target = unit(name)
+                if name.startswith("rlvr.") and target != unit(module) and exists(root, target):
+                    edges[unit(module)][target].append(f"{module}:{node.lineno}")
     return edges
 
 

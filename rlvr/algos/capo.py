@@ -407,6 +407,9 @@ class CurvatureMask:
         mask[valid] = keep.to(valid.device)
         return mask, metrics
 
+    def denominators(self, inputs) -> dict[str, Any]:
+        return {}  # the shared aggregation: token-mean's mini-batch count is all valid tokens (module docstring)
+
     def after_step(self) -> dict[str, float]:
         """One Adam-model step with the per-row mean gradient of the mini-batch's kept tokens."""
         if not self.masking or self.options.optimizer_model != "adam":

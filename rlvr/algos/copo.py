@@ -26,10 +26,14 @@ from rlvr.algos.presets.copo import COPO_MODES, CopoMode
 from rlvr.algos.registry import estimator, loss
 
 
+def blend(weight: Tensor, glob: Tensor, local: Tensor) -> Tensor:
+    """``(1 - w) glob + w local``: COPO's per-row mix of the global and the local term."""
+    return (1.0 - weight) * glob + weight * local
+
+
 def effective_advantages(batch) -> Tensor:  # [N]
     """The blend of the global and local advantages each row is trained with (for the adv/* metrics)."""
-    weight = batch.algo_fields["copo_weight"]
-    return (1.0 - weight) * batch.algo_fields["copo_global"] + weight * batch.advantages
+    return blend(batch.algo_fields["copo_weight"], batch.algo_fields["copo_global"], batch.advantages)
 
 
 def signals(batch) -> list[Tensor]:
@@ -69,9 +73,8 @@ def copo_blend(inputs, ctx, agg) -> tuple[Tensor, dict[str, float]]:
                                        o.clip_eps_high, o.dual_clip)
     glob, _, _ = clipped_pg_terms(inputs.logp, inputs.old_logp, inputs.extra["copo_global"], o.clip_eps_low,
                                   o.clip_eps_high, o.dual_clip)
-    blended = (1.0 - weight) * glob + weight * local
-    effective = (1.0 - weight[:, 0]) * inputs.extra["copo_global"] + weight[:, 0] * inputs.advantages
-    pg = agg(blended)
+    pg = agg(blend(weight, glob, local))
+    effective = blend(weight[:, 0], inputs.extra["copo_global"], inputs.advantages)
     with torch.no_grad():
         parts = {"ratio": ratio, "low": torch.tensor(1.0 - o.clip_eps_low), "high": torch.tensor(1.0 + o.clip_eps_high),
                  "advantages": effective}

@@ -104,5 +104,12 @@ class ForkingMask:
             raise RuntimeError("forking-token masking needs entropies, but the learner computed none")
         return forking_token_mask(inputs.entropy.detach(), inputs.mask, self.options.entropy_top_ratio), {}
 
+    def denominators(self, inputs) -> dict[str, Any]:
+        """The aggregation's counts: all valid tokens (``entropy_mask_denominator: all``), or the mini-batch's kept
+        tokens that :meth:`minibatch` put in the context (without that context, every valid token's)."""
+        if self.options.entropy_mask_denominator == "all":
+            return {"denominator_mask": inputs.mask}
+        return {"num_tokens": inputs.extra.get("kept_tokens")}
+
     def after_step(self) -> dict[str, float]:
         return {}

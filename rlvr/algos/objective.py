@@ -74,15 +74,14 @@ def objective(inputs: LossInputs, ctx: Context, loss: Part, masks: list[Any]) ->
     valid = inputs.mask
     mask = valid
     mask_metrics: dict[str, float] = {}
+    denominators: dict[str, Any] = {}  # a mask may change what the aggregation counts (forking tokens' kept count)
     for token_mask in masks:
         keep, metrics = token_mask.mask(inputs)
         mask_metrics.update(metrics)
+        denominators.update(token_mask.denominators(inputs))
         if keep is not None:
             mask = mask * keep.to(mask.dtype)
-    if getattr(o, "entropy_top_ratio", None) is not None and o.entropy_mask_denominator == "all":
-        agg = aggregation(ctx, inputs, mask, denominator_mask=valid)
-    else:
-        agg = aggregation(ctx, inputs, mask, num_tokens=inputs.extra.get("kept_tokens"))
+    agg = aggregation(ctx, inputs, mask, **denominators)
     pg, loss_metrics = loss.fn(inputs, ctx, agg)
     extra, metrics = regularizers(inputs, ctx, agg)
     with torch.no_grad():

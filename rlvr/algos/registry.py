@@ -8,7 +8,7 @@ carries its options model. The **parts** are registered by name where they are i
 * per-token losses (learner): ``fn(inputs, ctx, agg) -> (pg_loss, metrics)``, ``agg`` the aggregation the
   shared objective chose (:func:`loss`);
 * rollout filters (driver, after scoring): ``fn(batch, source, ctx) -> (batch, metrics)`` (:func:`rollout_filter`);
-* token masks (learner): classes with ``minibatch``/``mask``/``after_step`` (:func:`token_mask`).
+* token masks (learner): classes with ``minibatch``/``mask``/``denominators``/``after_step`` (:func:`token_mask`).
 
 ``ctx`` is :class:`rlvr.algos.algorithm.Context`: the options, the run's facts and the part's own state, if it
 keeps one (``state=`` at registration: a class with ``state_dict``/``load_state_dict``). What every loss shares
@@ -18,6 +18,7 @@ applied once, in :mod:`rlvr.algos.objective`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ rollout_filter = _registrar(FILTERS, "rollout filter")
 token_mask = _registrar(MASKS, "token mask")
 
 
+@functools.cache
 def _load_presets() -> None:
     from rlvr.algos import presets
 
@@ -100,6 +102,7 @@ def _load_presets() -> None:
         importlib.import_module(f"{presets.__name__}.{module.name}")
 
 
+@functools.cache
 def load_parts() -> None:
     """Import the modules that register the parts (they import torch)."""
     import rlvr.algos

@@ -52,11 +52,11 @@ class HintSearch:
 
     def __init__(self) -> None:
         self._provider: Callable[[Any], dict[str, list[str]]] | None = None
-        self.options: ScafGRPOOptions | None = None
 
     def provider(self, options: ScafGRPOOptions) -> Callable[[Any], dict[str, list[str]]]:
-        if self._provider is None or self.options is not options:
-            self._provider, self.options = hint_provider(options), options
+        """The run's hint source (its options never change), built on first use."""
+        if self._provider is None:
+            self._provider = hint_provider(options)
         return self._provider
 
     def ladder(self, prompt, options: ScafGRPOOptions) -> HintLadder:

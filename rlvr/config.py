@@ -16,6 +16,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SerializeAs
                       model_validator)
 
 from rlvr.algos.options import AlgorithmOptions
+from rlvr.learner import registry as learners
+from rlvr.rollout import registry as engines
 from rlvr.data.sources import DatasetSpec
 
 
@@ -113,8 +115,9 @@ class EarlyRejectionConfig(Section):
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = Field("hf", description="Hugging Face generate (CPU / small GPU) or vLLM 0.32 "
-                                          "(CUDA GPUs, the 'gpu' extra; docs/multi-gpu.md).")
+    engine: str = Field(engines.DEFAULT, description="The rollout engine (rlvr list engines): hf, Hugging Face "
+                        "generate (CPU / small GPU); vllm, vLLM 0.32 (CUDA GPUs, the 'gpu' extra, docs/multi-gpu.md; "
+                        "or its CPU build).")
     n: int = Field(8, ge=1, description="Samples per prompt (the GRPO group size G; TRL num_generations 8).")
     max_new_tokens: int = Field(16, ge=1, description="Response length limit in tokens.")
     temperature: float = Field(1.0, gt=0.0, description="Sampling temperature (DAPO recipe 1.0).")
@@ -147,6 +150,12 @@ class RolloutConfig(Section):
     early_rejection: EarlyRejectionConfig = Field(
         EarlyRejectionConfig(), description="Oversample, score partial responses with a PRM at tau tokens, "
         "finish only the best rollout.n per prompt (off unless early_rejection.scorer is set).")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        engines.get(value)  # raises naming the known engines
+        return value
 
 
 class RewardConfig(Section):
@@ -195,8 +204,8 @@ AlgorithmSection = Annotated[SerializeAsAny[AlgorithmOptions], BeforeValidator(_
 
 
 class LearnerConfig(Section):
-    backend: Literal["torch", "deepspeed"] = Field("torch", description="Plain torch (one process) or DeepSpeed ZeRO "
-                                                   "over learner.num_ranks processes (docs/deepspeed.md).")
+    backend: str = Field(learners.DEFAULT, description="The learner (rlvr list learners): torch, plain torch (one "
+                         "process); deepspeed, DeepSpeed ZeRO over learner.num_ranks processes (docs/deepspeed.md).")
     zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed only. ZeRO stage: 2 partitions optimizer state and "
                                       "gradients over the ranks, 3 the parameters too (each rank holds 1/M of the "
                                       "model; OpenRLHF's and verl's choice for 7B+).")
@@ -217,6 +226,12 @@ class LearnerConfig(Section):
                                          "(verl); false: use the rollout engine's. With one optimizer step per "
                                          "rollout (epochs 1, no smaller mini-batch) they come from the update's "
                                          "own forward, without a pass of their own (TRL's GRPO, one iteration).")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_learner(cls, value: str) -> str:
+        learners.get(value)  # raises naming the known learners
+        return value
 
 
 class PlacementConfig(Section):
@@ -333,58 +348,48 @@ class Recipe(Section):
         return self
 
     def _check_learner(self) -> None:
-        """The DeepSpeed fields apply to learner.backend deepspeed only, which needs the package and an
-        algorithm whose loss does not read the (partitioned) LM-head weight."""
-        learner = self.learner
-        if learner.backend == "torch":
-            for key, default in (("num_ranks", 1), ("zero_stage", 2), ("offload_optimizer", False)):
-                value = getattr(learner, key)
-                if value != default:
-                    raise ValueError(f"learner.{key}: {value!r} applies to learner.backend 'deepspeed' only; the "
-                                     f"torch learner is one process (set learner.backend=deepspeed, or leave "
-                                     f"learner.{key} at {default!r})")
-            return
-        if learner.zero_stage == 3 and self.model.tiled_mlp:
-            raise ValueError("model.tiled_mlp: true cannot run under learner.zero_stage 3, which gathers a weight only "
-                             "inside its own module's forward; leave model.tiled_mlp unset (off under ZeRO-3) or use "
-                             "learner.zero_stage 2")
-        import importlib.util
-
-        if importlib.util.find_spec("deepspeed") is None:
-            raise ValueError("learner.backend 'deepspeed' needs the deepspeed package: pip install 'rlvr[deepspeed]' "
-                             "(or use learner.backend torch)")
-        from rlvr.algos import registry
-
-        if registry.get(self.algorithm.name).needs_hidden:
-            raise ValueError(f"learner.backend 'deepspeed' cannot train algorithm {self.algorithm.name!r}: its loss "
-                             "reads the LM-head weight and hidden states, which ZeRO partitions across ranks; use "
-                             "learner.backend torch")
+        """The fields that only another learner reads keep their defaults; the learner's own checks (its package,
+        an algorithm whose loss reads what it partitions) pass."""
+        spec = learners.get(self.learner.backend)
+        for key, owner in learners.owned_options().items():
+            value, default = getattr(self.learner, key), LearnerConfig.model_fields[key].default
+            if owner != spec.name and value != default:
+                raise ValueError(f"learner.{key}: {value!r} applies to learner.backend {owner!r} only; the "
+                                 f"{spec.name} learner does not read it (set learner.backend={owner}, or leave "
+                                 f"learner.{key} at {default!r})")
+        problems = spec.check(self)
+        if problems:
+            raise ValueError("\n".join(problems))
 
     def _check_rollout(self) -> None:
-        """Engine counts and sizes that fit the placement. Whether vLLM and GPUs are there is checked when a run
-        starts (rlvr.workers.placement.check_environment, then the GPU count against the Ray cluster), so that
-        recipes for GPU clusters still load and validate on any machine."""
+        """Engine counts and sizes that fit the placement. Whether the engine's package and GPUs are there is
+        checked when a run starts (rlvr.workers.placement.check_environment, then the GPU count against the Ray
+        cluster), so that recipes for GPU clusters still load and validate on any machine."""
         rollout, split = self.rollout, self.placement.mode == "split"
+        spec = engines.get(rollout.engine)
         if rollout.num_workers > 1 and not split:
             raise ValueError(f"rollout.num_workers: {rollout.num_workers} applies to placement.mode split; colocated "
                              "engines live in the learner's actors (vLLM: one per learner rank, so learner.num_ranks "
                              "sets their number); set placement.mode=split or leave rollout.num_workers at 1")
-        if rollout.engine == "hf":
-            if rollout.tensor_parallel_size != 1:
+        if rollout.tensor_parallel_size != 1:
+            if not spec.tensor_parallel:
+                parallel = [name for name, other in engines.ENGINES.items() if other.tensor_parallel]
                 raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} applies to "
-                                 "rollout.engine 'vllm' only; the Hugging Face engine runs on one device")
+                                 f"rollout.engine {' or '.join(map(repr, parallel))} only; the {spec.label} engine "
+                                 "runs on one device")
+            if not split:
+                raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} needs placement.mode "
+                                 f"split; colocated {spec.label} engines are one per learner rank, on that rank's GPU "
+                                 "(tensor_parallel_size 1), see docs/multi-gpu.md")
+        if not spec.truncated_logprobs:
             return
-        if not split and rollout.tensor_parallel_size != 1:
-            raise ValueError(f"rollout.tensor_parallel_size: {rollout.tensor_parallel_size} needs placement.mode "
-                             "split; colocated vLLM engines are one per learner rank, on that rank's GPU "
-                             "(tensor_parallel_size 1), see docs/multi-gpu.md")
         truncated = rollout.top_p < 1.0 or rollout.top_k > 0
         engine_logprobs = not self.learner.recompute_old_logprobs or self.algorithm.tis_cap is not None
         if truncated and engine_logprobs:
             why = ("algorithm.tis_cap" if self.algorithm.tis_cap is not None
                    else "learner.recompute_old_logprobs false")
             raise ValueError(f"rollout.top_p {rollout.top_p} / rollout.top_k {rollout.top_k} with {why}: the loss "
-                             "would use vLLM's log-probs, and vLLM 0.32 returns those of the top-p/top-k truncated "
+                             f"would use {spec.label}'s log-probs, which are those of the top-p/top-k truncated "
                              "distribution, not the tempered full one (docs/engines.md); sample with top_p 1 and "
                              "top_k 0, or let the learner recompute the log-probs without tis_cap")
 

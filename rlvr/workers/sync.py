@@ -7,9 +7,9 @@ CPUs and of Hugging Face engines, is :meth:`rlvr.workers.placement.Workers.sync_
 - :class:`CudaIpcSync`: colocated placement, the learner and a vLLM engine on one GPU. The engine maps the learner's
   staging buffer through CUDA IPC handles, bucket by bucket; vLLM's ``IPCTrainerWeightTransferEngine``.
 
-:func:`sync_kind` says which road a placement takes; colocated Hugging Face engines sample with the learner's own
-module and need none. A sync lives in the learner's rank-0 process (the sender) and is built with the engines it
-feeds: :class:`rlvr.rollout.vllm.VLLMEngine` objects in the same process (colocated), or Ray actor handles whose
+:meth:`rlvr.rollout.registry.EngineSpec.road` says which road a placement takes; colocated Hugging Face engines
+sample with the learner's own module and need none. A sync lives in the learner's rank-0 process (the sender) and
+is built with the engines it feeds: :class:`rlvr.rollout.vllm.VLLMEngine` objects in the same process (colocated), or Ray actor handles whose
 actor forwards the engine's weight-sync methods (:data:`ENGINE_METHODS`) to its engine (split). ``send`` returns
 the bytes it moved; the trainer times it and logs both.
 
@@ -52,25 +52,6 @@ ENGINE_METHODS = ("weight_sync_info", "init_weight_transfer_engine", "start_weig
                   "finish_weight_update", "shutdown_weight_transfer_engine", "load_weights")
 
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
-
-
-def sync_kind(engine: str, colocated: bool, cuda: bool) -> str:
-    """The road weights take for an engine kind and a placement (DESIGN.md section 1).
-
-    ``"none"``: a colocated Hugging Face engine samples with the learner's own module. ``"object_store"``: split
-    engines on CPUs (Hugging Face, or vLLM's CPU build) and split Hugging Face engines on GPUs load host arrays
-    that rank 0 puts in the Ray object store. ``"in_actor"``: a colocated vLLM engine on CPUs holds its own copy in
-    its own processes, and the learner's actor hands it host arrays after each update. vLLM engines on GPUs:
-    ``"ipc"`` when colocated (the learner and the engine on one GPU; NCCL refuses two ranks on one GPU), ``"nccl"``
-    when split.
-    """
-    if engine == "hf":
-        return "none" if colocated else "object_store"
-    if engine == "vllm":
-        if not cuda:
-            return "in_actor" if colocated else "object_store"
-        return "ipc" if colocated else "nccl"
-    raise ValueError(f"unknown rollout engine {engine!r}; known: hf, vllm")
 
 
 # ---- NCCL group layout and rendezvous ----

@@ -15,7 +15,7 @@ from rlvr.memory import (LEARNER_MMAP_THRESHOLD, ROW_BLOCK_MMAP_THRESHOLD, heap_
                                  learner_phase, resident_bytes)
 from rlvr.learner.torch import TorchLearner
 from rlvr.memory import peak_memory_bytes
-from rlvr.workers.actors import _Learning
+from rlvr.workers.actors import LearnerActor
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
 
@@ -34,7 +34,7 @@ def llama_dir(tmp_path_factory):
     return str(path)
 
 
-class _Actor(_Learning):
+class _Actor(LearnerActor.__ray_actor_class__):
     """The learner actor's methods without Ray."""
 
     def __init__(self, learner):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves 
 
 
 def cpu_plan(*groups: GroupPlan) -> PlacementPlan:
-    return PlacementPlan(gpu=True, colocated=False, engine="vllm", learner_ranks=1, num_engines=1,
+    return PlacementPlan(gpu=True, colocated=False, engine="vllm", engine_gpus=True, learner_ranks=1, num_engines=1,
                          tensor_parallel_size=1, groups=groups)
 
 

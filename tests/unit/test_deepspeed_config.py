@@ -24,7 +24,7 @@ def test_defaults_and_accepted_values():
     ([*DEEPSPEED, "learner.zero_stage=1"], "learner.zero_stage: Input should be 2 or 3 (got 1)"),
     ([*DEEPSPEED, "learner.num_ranks=0"], "learner.num_ranks: Input should be greater than or equal to 1 (got 0)"),
     ([*DEEPSPEED, "learner.offload_optimizer=maybe"], "learner.offload_optimizer: Input should be a valid boolean"),
-    (["learner.backend=fsdp"], "learner.backend: Input should be 'torch' or 'deepspeed' (got 'fsdp')"),
+    (["learner.backend=fsdp"], "learner.backend: unknown learner 'fsdp'; known: torch, deepspeed (got 'fsdp')"),
     (["learner.num_ranks=2"], "learner.num_ranks: 2 applies to learner.backend 'deepspeed' only"),
     (["learner.zero_stage=3"], "learner.zero_stage: 3 applies to learner.backend 'deepspeed' only"),
     (["learner.offload_optimizer=true"], "learner.offload_optimizer: True applies to learner.backend 'deepspeed'"),

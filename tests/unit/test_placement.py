@@ -13,7 +13,8 @@ import torch
 
 from rlvr.config import RecipeError, build_recipe
 from rlvr.workers import placement
-from rlvr.workers.actors import EngineMethods, LearnerRankActor, RolloutActor, vllm_options
+from rlvr.rollout.vllm import recipe_options
+from rlvr.workers.actors import EngineMethods, LearnerActor, RolloutActor
 from rlvr.workers.plan import GPU_BUNDLE, PlacementError, plan_placement
 from rlvr.workers.sync import ENGINE_METHODS
 
@@ -45,7 +46,7 @@ def test_rollout_and_placement_defaults():
     ([*VLLM, "rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size: 2 needs placement.mode split"),
     (["rollout.num_workers=2"], "rollout.num_workers: 2 applies to placement.mode split"),
     (["rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size: 2 applies to rollout.engine 'vllm' only"),
-    (["rollout.engine=sglang"], "rollout.engine: Input should be 'hf' or 'vllm' (got 'sglang')"),
+    (["rollout.engine=sglang"], "rollout.engine: unknown rollout engine 'sglang'; known: hf, vllm (got 'sglang')"),
     ([*VLLM, "rollout.gpu_memory_utilization=1.5"], "rollout.gpu_memory_utilization: Input should be less than or"),
     ([*VLLM, "rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size: Input should be greater than or"),
     (["placement.sync_bucket_mb=0"], "placement.sync_bucket_mb: Input should be greater than 0"),
@@ -96,7 +97,7 @@ def test_two_nodes_hold_a_sixteen_rank_group():
 
 
 def test_gpu_vllm_needs_the_deepspeed_learner():
-    with pytest.raises(PlacementError, match="'vllm' on GPUs trains with learner.backend deepspeed"):
+    with pytest.raises(PlacementError, match="'vllm' on GPUs trains with a learner on GPUs: the torch learner is one CPU process.*set learner.backend=deepspeed"):
         plan_placement(build_recipe({}, ["rollout.engine=vllm"]), [8])
 
 
@@ -106,11 +107,11 @@ def test_gpu_vllm_needs_the_deepspeed_learner():
     (["learner.backend=deepspeed", "learner.num_ranks=2"], "in_actor", 1),  # rank 0's engine only
 ])
 def test_vllm_cpu_build_is_placed_like_the_hf_engine_on_cpus(overrides, road, engines):
-    plan = plan_placement(build_recipe({}, ["rollout.engine=vllm", *overrides]), [0], vllm_on_cpu=True)
+    plan = plan_placement(build_recipe({}, ["rollout.engine=vllm", *overrides]), [0], engine_build="cpu")
     assert (plan.gpu, plan.road, plan.num_engines, plan.groups) == (False, road, engines, ())
     with pytest.raises(PlacementError, match="CPU build runs one engine per actor"):
         plan_placement(build_recipe({}, ["rollout.engine=vllm", "placement.mode=split",
-                                         "rollout.tensor_parallel_size=2"]), [0], vllm_on_cpu=True)
+                                         "rollout.tensor_parallel_size=2"]), [0], engine_build="cpu")
 
 
 @pytest.mark.parametrize("overrides, nodes, expected", [
@@ -153,13 +154,13 @@ def test_where_actors_go_and_how_weights_travel(overrides, nodes, gpu, road):
 def test_vllm_options_follow_the_recipe_and_placement():
     recipe = vllm_recipe("learner.num_ranks=2", "rollout.gpu_memory_utilization=0.4", "rollout.max_model_len=2048",
                          "model.dtype=bfloat16", "trainer.seed=3")
-    options = vllm_options(recipe, "ipc", colocated=True, index=1)
+    options = recipe_options(recipe, "ipc", colocated=True, index=1)
     assert options == {
         "dtype": "bfloat16", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.4, "max_model_len": 2048,
         "seed": 4, "enable_sleep_mode": True, "enforce_eager": False, "enable_prefix_caching": True,
         "weight_transfer": "ipc", "kv_cache_gb": None, "trust_remote_code": False,
         "distributed_executor_backend": "uni"}
-    split = vllm_options(vllm_recipe("placement.mode=split", "rollout.tensor_parallel_size=4"), "nccl", colocated=False)
+    split = recipe_options(vllm_recipe("placement.mode=split", "rollout.tensor_parallel_size=4"), "nccl", colocated=False)
     assert split["distributed_executor_backend"] == "ray" and split["tensor_parallel_size"] == 4
     assert not split["enable_sleep_mode"] and split["weight_transfer"] == "nccl"
 
@@ -186,7 +187,7 @@ def test_rollout_actor_forwards_what_a_weight_sync_calls():
     assert holder.engine.calls == [("weight_sync_info",), ("init_weight_transfer_engine", {"packed": True}),
                                    ("start_weight_update",), ("update_weights", {"names": []}),
                                    ("finish_weight_update", "v1"), ("shutdown_weight_transfer_engine",)]
-    ranks = LearnerRankActor.__ray_actor_class__
+    ranks = LearnerActor.__ray_actor_class__
     assert callable(ranks.setup_weight_sync) and callable(ranks.sync_weights)
 
 
@@ -206,7 +207,7 @@ def without_vllm(monkeypatch):
 def test_a_vllm_run_needs_the_package(monkeypatch):
     without_vllm(monkeypatch)
     placement.check_environment(build_recipe({}, []))  # nothing needed for the HF engine
-    with pytest.raises(PlacementError, match=r"needs the vllm package.*pip install -e '\.\[gpu\]'"):
+    with pytest.raises(PlacementError, match=r"needs the vLLM package.*pip install -e '\.\[gpu\]'"):
         placement.check_environment(vllm_recipe())
 
 
@@ -230,5 +231,5 @@ def test_training_a_vllm_recipe_on_a_cpu_stops_before_any_work(monkeypatch, tmp_
     without_vllm(monkeypatch)
     out = tmp_path / "run"
     code = main(["train", str(RECIPES / "qwen2.5-0.5b-instruct/grpo-gsm8k.yaml"), f"trainer.output_dir={out}"])
-    assert code == 2 and "rlvr: rollout.engine 'vllm' needs the vllm package" in capsys.readouterr().err
+    assert code == 2 and "rlvr: rollout.engine 'vllm' needs the vLLM package" in capsys.readouterr().err
     assert not out.exists()  # no run directory: nothing was read, loaded or started

@@ -27,6 +27,7 @@ from rlvr.transfer.specs import (
     total_bytes,
     wire_metadata,
 )
+from rlvr.rollout import registry as engines
 from rlvr.workers import sync
 from rlvr.workers.sync import (
     CudaIpcSync,
@@ -37,7 +38,6 @@ from rlvr.workers.sync import (
     check_port_free,
     engine_rank_offsets,
     free_port,
-    sync_kind,
 )
 
 
@@ -75,16 +75,17 @@ def test_gpu_roads_refuse_to_start_without_cuda(monkeypatch):
 
 @pytest.mark.parametrize("engine, colocated, cuda, road", [
     ("hf", True, False, "none"), ("hf", False, False, "object_store"), ("hf", False, True, "object_store"),
+    ("hf", True, True, "none"),  # a GPU learner's own module (ZeRO-2)
     ("vllm", True, True, "ipc"), ("vllm", False, True, "nccl"),
     ("vllm", True, False, "in_actor"), ("vllm", False, False, "object_store"),  # vLLM's CPU build
 ])
-def test_sync_kind(engine, colocated, cuda, road):
-    assert sync_kind(engine, colocated, cuda) == road
+def test_each_engine_says_how_weights_reach_it(engine, colocated, cuda, road):
+    assert engines.get(engine).road(colocated, on_gpus=cuda) == road
 
 
-def test_sync_kind_refuses_unknown_engines():
-    with pytest.raises(ValueError, match="known: hf, vllm"):
-        sync_kind("sglang", colocated=False, cuda=True)
+def test_unknown_engines_are_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang'; known: hf, vllm"):
+        engines.get("sglang")
 
 
 # ---- specs and bytes ----

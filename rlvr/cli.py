@@ -1,5 +1,5 @@
 """``rlvr train RECIPE [key=value ...] [--resume]``, ``rlvr eval --model M --benchmarks B --output DIR``,
-``rlvr prepare STAGE RECIPE`` and ``rlvr list algorithms|rewards|benchmarks|templates``."""
+``rlvr prepare STAGE RECIPE`` and ``rlvr list algorithms|rewards|benchmarks|templates|engines|learners``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(evaluation)
 
     listing = commands.add_parser("list", help="list what is registered")
-    listing.add_argument("what", choices=["algorithms", "rewards", "benchmarks", "templates"])
+    listing.add_argument("what", choices=["algorithms", "rewards", "benchmarks", "templates", "engines",
+                                                 "learners"])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -73,6 +74,13 @@ def _list(what: str) -> int:
 
         for name, b in BENCHMARKS.items():
             print(f"{name:20s} {b.file:20s} {b.hub} ({b.hub_split})")
+    elif what in ("engines", "learners"):
+        from rlvr.learner import registry as learners
+        from rlvr.rollout import registry as engines
+
+        kinds = engines.ENGINES if what == "engines" else learners.LEARNERS
+        for name, kind in kinds.items():
+            print(f"{name:20s} {kind.summary}")
     elif what == "templates":
         from rlvr.data.prompts import TEMPLATES
 

@@ -76,6 +76,9 @@ def test_list_algorithms_and_rewards(rlvr):
     assert "DCPO: dynamic per-token clip bounds" in algorithms.stdout
     rewards, _ = rlvr("list", "rewards")
     assert rewards.returncode == 0 and "math_answer" in rewards.stdout
+    for what, names in (("engines", ["hf", "vllm"]), ("learners", ["torch", "deepspeed"])):
+        listed, _ = rlvr("list", what)
+        assert listed.returncode == 0 and [line.split()[0] for line in listed.stdout.splitlines()] == names
     assert "reward_fns.math_answer:reward" in rewards.stdout
 
 

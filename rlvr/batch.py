@@ -114,3 +114,15 @@ def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
         else:
             out[f.name] = [item for v in values for item in v]
     return RolloutBatch(**out)
+
+
+def with_changes(batch: RolloutBatch, changes: dict[str, Any]) -> RolloutBatch:
+    """``batch`` (in place) with the fields in ``changes`` set; ``changes["algo_fields"]`` adds to or replaces
+    ``batch.algo_fields`` key by key. The learner's side of a batch put into the object store once per step, which
+    the driver changed afterwards (:class:`rlvr.workers.placement.StagedBatch`)."""
+    for name, value in changes.items():
+        if name == "algo_fields":
+            batch.algo_fields.update(value)
+        else:
+            setattr(batch, name, value)
+    return batch

@@ -29,6 +29,14 @@ class PhaseTimer:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
+    def add(self, seconds: dict[str, float], out_of: str | None = None) -> None:
+        """Phases timed elsewhere (a learner's passes inside one call), moved ``out_of`` the phase that timed the
+        whole call."""
+        for phase, value in seconds.items():
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + value
+            if out_of is not None:
+                self.seconds[out_of] -= value
+
     def metrics(self) -> dict[str, float]:
         out = {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
         out["time/step"] = time.perf_counter() - self.started

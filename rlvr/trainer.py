@@ -28,7 +28,7 @@ from rlvr.rewards.registry import resolve
 from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection, step_metrics
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.prm import load_scorer
-from rlvr.workers.placement import Workers, check_environment, start_ray
+from rlvr.workers.placement import StagedBatch, Workers, check_environment, start_ray
 
 log = logging.getLogger("rlvr")
 
@@ -129,12 +129,13 @@ class Trainer:
             log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
                         step, algo.options.max_gen_batches)
             return self.count_signal({**row, **timer.metrics()}, trained=False)
-        if algo.options.kl_in_reward:  # the KL in the reward reads both log-probs
-            self.learner_logprobs(batch, timer)
+        staged = workers.stage(batch)  # once: every learner call of the step gets it by reference
+        if algo.options.kl_in_reward:  # the KL in the reward reads both log-probs before the advantages
+            self.learner_logprobs(staged, timer)
         # Always: the estimator's state (DCPO's statistics) moves with it.
         batch.advantages, advantage_estimates = algo.advantages(batch)
         trained = algo.update_would_move(batch)
-        learner_metrics = self.learn(batch, timer) if trained else {}  # else no gradient: no learner work at all
+        learner_metrics = self.learn(staged, timer) if trained else {}  # else no gradient: no learner work at all
         row.update({**advantage_metrics(batch, algo.effective_advantages(batch)), **advantage_estimates,
                     **learner_metrics, **timer.metrics()})
         if source.early_rejection:
@@ -146,39 +147,29 @@ class Trainer:
         row["memory/peak_bytes"] = workers.peak_memory()
         return self.count_signal(row, trained)
 
-    def learner_logprobs(self, batch: RolloutBatch, timer: PhaseTimer) -> None:
-        """The behaviour log-probs (recomputed, or the engine's) and, when the algorithm has a KL term, the
-        reference's, into ``batch``."""
-        with timer("old_logprob"):
-            if not self.recipe.learner.recompute_old_logprobs:
-                batch.old_logprobs = batch.rollout_logprobs
-            elif self.needs_old_logprob_pass(batch):
-                batch.old_logprobs = self.workers.logprobs(batch)
-        with timer("ref"):
-            if self.algorithm.needs_reference:
-                batch.ref_logprobs = self.workers.logprobs(batch, reference=True)
+    def learner_logprobs(self, staged: StagedBatch, timer: PhaseTimer) -> None:
+        """The behaviour log-probs (recomputed, or the engine's) and the reference's, into the batch, when the
+        driver needs them before the update (the KL in the reward): one learner call for both."""
+        batch, recompute = staged.batch, self.recipe.learner.recompute_old_logprobs
+        if not recompute:
+            batch.old_logprobs = batch.rollout_logprobs
+        if recompute or self.algorithm.needs_reference:
+            out = self.workers.logprobs(staged, old=recompute, reference=self.algorithm.needs_reference)
+            batch.old_logprobs = out.old if recompute else batch.old_logprobs
+            batch.ref_logprobs = out.ref
+            timer.add(out.seconds)
 
-    def needs_old_logprob_pass(self, batch: RolloutBatch) -> bool:
-        """Whether the behaviour log-probs need a learner pass of their own. With one optimizer step per rollout
-        (one epoch, no smaller mini-batches) the update's forward runs on the very weights that the old log-probs
-        would be recomputed with, so the learner takes them from that forward (detached: ratio 1, as TRL's GRPO
-        does with one iteration) and the pass is skipped (``time/old_logprob`` ~0). The KL in the reward and
-        truncated importance sampling read them before the update, so they keep the pass."""
-        cfg, algo = self.recipe.learner, self.algorithm
-        single_update = cfg.epochs == 1 and (cfg.mini_batch_size is None or cfg.mini_batch_size >= len(batch))
-        return not single_update or algo.options.kl_in_reward or algo.needs_rollout_logprobs
-
-    def learn(self, batch: RolloutBatch, timer: PhaseTimer) -> dict[str, float]:
-        """The learner's part of a step with signal: log-probs (unless the advantages needed them first),
-        truncated importance weights (when the algorithm asks for them), the update and the weight sync."""
-        if batch.old_logprobs is None:
-            self.learner_logprobs(batch, timer)
-        weights = self.algorithm.importance_weights(batch)
+    def learn(self, staged: StagedBatch, timer: PhaseTimer) -> dict[str, float]:
+        """The learner's part of a step with signal, in one learner call: the log-probs the driver did not need
+        first (:func:`rlvr.learner.base.old_logprob_source`), truncated importance weights (when the algorithm asks
+        for them), the update; then the weight sync. The passes' seconds are ``time/old_logprob`` and
+        ``time/ref``, the rest of the call ``time/update``."""
         with timer("update"):
-            metrics = self.workers.update(batch)
+            metrics, seconds = self.workers.update(staged)
+        timer.add(seconds, out_of="update")
         with timer("sync"):
             self.workers.sync_weights()
-        return {**weights, **metrics}
+        return metrics
 
     def count_signal(self, row: dict[str, Any], trained: bool) -> dict[str, Any]:
         """``row`` with ``train/skipped_no_signal``; after ``NO_SIGNAL_WARN_AFTER`` skipped steps in a row, once

@@ -11,7 +11,8 @@ all-zero rewards, and rlvr skips such steps without an update, which would hide 
 Per step and per process of the run (the driver, the learner and rollout actors, the reward workers, Ray's own
 processes: psutil over the driver's process tree) it records the resident set at the end of the step and its peak
 during the step, read from the kernel's high-water mark (``VmHWM``, reset at the start of the step and of each
-phase), and for the learner the peak of each phase (generate, old and reference log-probs, update, weight sync).
+phase), and for the learner the peak of each phase (generate, log-probs the driver needs first, update with the
+learner's own log-prob passes, weight sync).
 After the last step it asks the learner where its memory goes (:meth:`rlvr.learner.torch.TorchLearner.memory_report`):
 parameters, gradients, optimizer state, reference model, a log-prob pass and one forward and backward of the
 largest micro-batch of the largest step batch. docs/memory.md has the figures and what they mean.
@@ -36,7 +37,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test reward (tests.rewards_for_tests) is imported by name
-PHASES = ("generate", "old_logprob", "ref_logprob", "update", "sync")
+PHASES = ("generate", "logprobs", "update", "sync")
 MiB = 2**20
 
 
@@ -157,17 +158,24 @@ class Tracker:
                                      "peak": max(self.step_peak[pid], stat["VmHWM"])}
             return out
 
-    def phase(self, name: str, call):
-        """``call()`` with the actors' high-water marks reset before it and read after it: the phase's own peak."""
+    def phase(self, name: str, call, workers):
+        """``call()`` with the actors' high-water marks reset before it and read after it: the phase's own peak. The
+        actors also read and reset their own mark at the end of each call (the peak their answer carries, which
+        ``workers`` keeps), so that figure counts too."""
         with self.lock:
             for pid in self.actors():
                 self.step_peak[pid] = max(self.step_peak[pid], status(pid).get("VmHWM", 0))
                 reset_peak(pid)
+        before, workers.peaks = workers.peaks, {}
         try:
             return call()
         finally:
+            answered = max(workers.peaks.values(), default=0)
+            for key, peak in before.items():
+                workers.peaks[key] = max(workers.peaks.get(key, 0), peak)
             with self.lock:
                 peaks = self.phase_peak.setdefault(name, {})
+                peaks["answered"] = max(peaks.get("answered", 0), answered)
                 for pid in self.actors():
                     hwm = status(pid).get("VmHWM", 0)
                     peaks[pid] = max(peaks.get(pid, 0), hwm)
@@ -175,19 +183,19 @@ class Tracker:
 
 
 def instrument(workers, tracker: Tracker, batches: list) -> None:
-    """Wraps the driver's calls into the actors so that each phase's peak is measured; keeps the step batches."""
+    """Wraps the driver's calls into the actors so that each phase's peak is measured; keeps the step batches.
+    ``update`` includes the log-prob passes the learner runs itself before it (all of them, unless the driver needs
+    the log-probs first: the KL in the reward, measured as ``logprobs``)."""
     calls = {name: getattr(workers, name) for name in ("generate", "logprobs", "update", "sync_weights")}
-    workers.generate = lambda *a, **k: tracker.phase("generate", lambda: calls["generate"](*a, **k))
-    workers.sync_weights = lambda *a, **k: tracker.phase("sync", lambda: calls["sync_weights"](*a, **k))
+    workers.generate = lambda *a, **k: tracker.phase("generate", lambda: calls["generate"](*a, **k), workers)
+    workers.sync_weights = lambda *a, **k: tracker.phase("sync", lambda: calls["sync_weights"](*a, **k), workers)
+    workers.logprobs = lambda *a, **k: tracker.phase("logprobs", lambda: calls["logprobs"](*a, **k), workers)
 
-    def logprobs(batch, reference=False):
-        return tracker.phase("ref_logprob" if reference else "old_logprob", lambda: calls["logprobs"](batch, reference))
+    def update(staged):
+        batches.append(staged.batch)
+        return tracker.phase("update", lambda: calls["update"](staged), workers)
 
-    def update(batch):
-        batches.append(batch)
-        return tracker.phase("update", lambda: calls["update"](batch))
-
-    workers.logprobs, workers.update = logprobs, update
+    workers.update = update
 
 
 def overrides(args: argparse.Namespace, output_dir: Path) -> list[str]:

@@ -235,9 +235,9 @@ class DeepSpeedLearner:
         return self._forward(self.engine, micro, with_entropy=True)[1].cpu()
 
     @torch.no_grad()
-    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> Tensor | None:  # [N,T] on rank 0
-        """Log-probs of the batch's responses under the policy (or the reference); each rank computes its
-        pieces, rank 0 returns them all in row order, the other ranks ``None``."""
+    def logprobs(self, batch: RolloutBatch, reference: bool = False, everywhere: bool = False) -> Tensor | None:
+        """[N,T] log-probs of the batch's responses under the policy (or the reference); each rank computes its
+        pieces, rank 0 returns them all in row order (``everywhere``: every rank does), the other ranks ``None``."""
         policy = self.reference if reference else self.engine
         pieces = plan_pieces(len(batch), self.world_size, self.recipe.learner.micro_batch_size)
         mine = []
@@ -245,8 +245,8 @@ class DeepSpeedLearner:
             logp, _ = self._forward(policy, batch.select(pieces[index]).trimmed(), with_entropy=False)
             if counts:
                 mine.append((pieces[index], logp.float().cpu()))
-        parts = self._gather(mine)
-        if self.rank != 0:
+        parts = self._gather(mine, everywhere)
+        if parts is None:
             return None
         out = torch.zeros(batch.response_tokens.shape)
         for rows, logp in (piece for part in parts for piece in part):
@@ -371,13 +371,13 @@ class DeepSpeedLearner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.algorithm.load_state_dict(algorithm_state)
 
-    def _gather(self, value: Any) -> list[Any] | None:
-        """Every rank's ``value``, in rank order, on rank 0 (``None`` elsewhere)."""
+    def _gather(self, value: Any, everywhere: bool = False) -> list[Any] | None:
+        """Every rank's ``value``, in rank order, on rank 0 (``everywhere``: on every rank; ``None`` elsewhere)."""
         if self.world_size == 1:
             return [value]
         parts = [None] * self.world_size
         torch.distributed.all_gather_object(parts, value)
-        return parts if self.rank == 0 else None
+        return parts if self.rank == 0 or everywhere else None
 
 
 def _buckets(state: dict[str, Tensor], limit: int) -> list[list[tuple[list[str], Tensor]]]:

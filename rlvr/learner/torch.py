@@ -84,8 +84,9 @@ class TorchLearner:
         return self._forward(self.model, micro, with_entropy=True)[1]
 
     @torch.no_grad()
-    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> Tensor:  # [N,T]
-        """Log-probs of the batch's responses under the current policy (or the frozen reference)."""
+    def logprobs(self, batch: RolloutBatch, reference: bool = False, everywhere: bool = False) -> Tensor:  # [N,T]
+        """Log-probs of the batch's responses under the current policy (or the frozen reference); one process,
+        so ``everywhere`` changes nothing."""
         model = self.reference if reference else self.model
         out = torch.zeros(batch.response_tokens.shape)
         for rows in chunks(len(batch), self.recipe.learner.micro_batch_size):

@@ -15,19 +15,25 @@ rollout actor forwards the engine methods they call (:class:`EngineMethods`).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 import torch
 
-from rlvr.batch import RolloutBatch
+from rlvr.batch import RolloutBatch, with_changes
+from rlvr.learner.base import old_logprob_source
 from rlvr.memory import learner_phase, release_free_memory
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.engine import SamplingParams
 from rlvr.transfer.specs import BACKENDS
 
 if TYPE_CHECKING:
     from rlvr.config import Recipe
+
+# What a step's actor calls answer: the value, and the actor's peak memory since its previous answer
+# (:meth:`_Sampler.peak_memory`), so that a step's peak needs no call of its own.
+Reply = tuple[Any, int]
 
 
 def _setup(recipe_data: dict[str, Any], num_threads: int):
@@ -50,14 +56,18 @@ class _Sampler:
     engine: Any
     engine_memory = 0  # the most GPU memory in use seen right after a vLLM generation, in bytes
 
-    def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+    def generate(self, requests: list[list[int]], sampling: SamplingParams) -> Reply:
+        """The completions, with this actor's peak memory (:data:`Reply`)."""
         self.engine.wake()  # a colocated vLLM engine gets its KV cache back; a no-op otherwise
         completions = self.engine.generate(requests, sampling)
         memory_in_use = getattr(self.engine, "memory_in_use", None)
         if memory_in_use is not None:  # vLLM allocates in its own processes, outside this one's torch counters
             self.engine_memory = max(self.engine_memory, memory_in_use())
         release_free_memory()  # the Hugging Face engine's KV cache, freed into the heap
-        return completions
+        return self._reply(completions)
+
+    def _reply(self, value: Any) -> Reply:
+        return value, self.peak_memory()
 
     def weights_digest(self) -> str:
         from rlvr.transfer.arrays import digest
@@ -155,15 +165,45 @@ class LearnerActor(_Sampler):
                                    weight_transfer=weight_transfer, index=self.rank)
         return module is None and weight_transfer is None
 
-    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor | None:
+    def logprobs(self, batch: RolloutBatch, old: bool = True, reference: bool = False) -> Reply:
+        """The behaviour (``old``) and reference log-probs the driver needs before it computes advantages (the KL in
+        the reward), in one call: ``{"old": [N,T] | None, "ref": [N,T] | None, "seconds": {phase: s}}`` on rank 0."""
         self._engine_to_sleep()
         with learner_phase(self._mmap_threshold()):
-            return self.learner.logprobs(batch, reference)
+            return self._reply(self._passes(batch, old, reference, everywhere=False))
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def update(self, batch: RolloutBatch, changes: dict[str, Any] | None = None) -> Reply:
+        """A step's optimizer updates on ``batch`` plus the driver's ``changes`` since it put the batch
+        (:meth:`rlvr.workers.placement.StagedBatch.changes`: advantages, algorithm fields, log-probs it needed
+        itself). The log-probs it did not send come from here first (:func:`rlvr.learner.base.old_logprob_source`),
+        then the truncated importance weights. ``{"metrics": ..., "seconds": {phase: s}}`` (rank 0's)."""
         self._engine_to_sleep()
+        batch = with_changes(batch, changes or {})
+        algorithm = self.learner.algorithm
         with learner_phase(self._mmap_threshold()):
-            return self.learner.update(batch)
+            source = old_logprob_source(self.recipe.learner, algorithm, batch)
+            if source == "rollout":
+                batch.old_logprobs = batch.rollout_logprobs
+            need_ref = algorithm.needs_reference and batch.ref_logprobs is None
+            passes = self._passes(batch, source == "pass", need_ref, everywhere=True)
+            if source == "pass":
+                batch.old_logprobs = passes["old"]
+            if need_ref:
+                batch.ref_logprobs = passes["ref"]
+            metrics = algorithm.importance_weights(batch)
+            metrics.update(self.learner.update(batch))
+        return self._reply({"metrics": metrics if self.rank == 0 else {}, "seconds": passes["seconds"]})
+
+    def _passes(self, batch: RolloutBatch, old: bool, reference: bool, everywhere: bool) -> dict[str, Any]:
+        """The no-grad log-prob passes asked for, each timed (``time/old_logprob``, ``time/ref``); ``everywhere``:
+        every rank gets the whole result (the update reads it on each), else rank 0 only."""
+        out: dict[str, Any] = {"old": None, "ref": None, "seconds": {}}
+        for key, phase, wanted in (("old", "old_logprob", old), ("ref", "ref", reference)):
+            if wanted:
+                started = time.perf_counter()
+                out[key] = self.learner.logprobs(batch, reference=key == "ref", everywhere=everywhere)
+                out["seconds"][phase] = time.perf_counter() - started
+        return out
 
     def _mmap_threshold(self) -> int:
         """The learner's (the torch learner's depends on its row-block recompute)."""
@@ -175,18 +215,20 @@ class LearnerActor(_Sampler):
         if self.engine is not None:
             self.engine.sleep()
 
-    def weights(self) -> dict[str, np.ndarray]:
-        return self.learner.weights()
+    def weights(self) -> Reply:
+        """The learner's full weights as host arrays (a collective under ZeRO-3). Called with ``num_returns=2``, so
+        that the arrays go on to the rollout actors by reference while the driver reads the peak."""
+        return self._reply(self.learner.weights())
 
-    def refresh_engine(self) -> int:
+    def refresh_engine(self) -> Reply:
         """Loads the learner's weights into this actor's own engine copy; the bytes copied. Colocated engines that
         keep a copy: vLLM's CPU build (road "in_actor"), and the Hugging Face engine of a ZeRO-3 group, whose
         gather every rank joins (the others hold no engine and only take part)."""
         arrays = self.learner.weights()
         if self.engine is None:
-            return 0
+            return self._reply(0)
         self.engine.load_weights(arrays)
-        return sum(a.nbytes for a in arrays.values())
+        return self._reply(sum(a.nbytes for a in arrays.values()))
 
     def learner_digest(self) -> str:
         return self.learner.digest()
@@ -220,7 +262,7 @@ class LearnerActor(_Sampler):
             raise ValueError(f"no GPU weight sync for road {self.road!r}; the object store needs no setup")
         self.sync.setup()
 
-    def sync_weights(self) -> int:
+    def sync_weights(self) -> Reply:
         """One GPU weight sync after an update (every rank at once); the bytes sent (rank 0's answer counts).
 
         The learner's cached GPU blocks go back to the driver first, so that a sleeping colocated engine finds the
@@ -230,9 +272,10 @@ class LearnerActor(_Sampler):
         specs, tensors = self.learner.device_weights()
         torch.cuda.empty_cache()
         try:
-            return self.sync.send(tensors, specs)
+            sent = self.sync.send(tensors, specs)
         finally:
             torch.cuda.empty_cache()
+        return self._reply(sent)
 
 
 @ray.remote
@@ -247,6 +290,6 @@ class RolloutActor(_Sampler, EngineMethods):
         weight_transfer = road if road in BACKENDS else None
         self.engine = build_engine(recipe, model_dir, colocated=False, weight_transfer=weight_transfer, index=index)
 
-    def load_weights(self, arrays: dict[str, np.ndarray]) -> int:
+    def load_weights(self, arrays: dict[str, np.ndarray]) -> Reply:
         self.engine.load_weights(arrays)
-        return sum(a.nbytes for a in arrays.values())
+        return self._reply(sum(a.nbytes for a in arrays.values()))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 import ray
 import torch
@@ -104,6 +104,34 @@ def start_ray(recipe: Recipe) -> None:
     )
 
 
+class LogProbs(NamedTuple):
+    """The learner's log-probs of a batch (``None`` where not asked for) and the seconds of each pass."""
+
+    old: torch.Tensor | None  # [N,T]
+    ref: torch.Tensor | None  # [N,T]
+    seconds: dict[str, float]
+
+
+class StagedBatch:
+    """A step batch put into the object store once (:meth:`Workers.stage`). The driver goes on changing ``batch``
+    (advantages, algorithm fields, log-probs it needed itself); :meth:`changes` is what changed since the put,
+    what a learner call sends beside the reference."""
+
+    def __init__(self, batch: RolloutBatch, ref: ray.ObjectRef):
+        self.batch, self.ref = batch, ref
+        self._put = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        self._put_algo = dict(batch.algo_fields)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields whose value is not the one put (``algo_fields``: the keys added or replaced)."""
+        out = {name: getattr(self.batch, name) for name, value in self._put.items()
+               if name != "algo_fields" and getattr(self.batch, name) is not value}
+        algo = {key: value for key, value in self.batch.algo_fields.items() if self._put_algo.get(key) is not value}
+        if algo:
+            out["algo_fields"] = algo
+        return out
+
+
 @dataclass
 class Workers:
     """The actors of a run. ``learners`` are the learner group's ranks (one for the torch learner): every
@@ -114,8 +142,9 @@ class Workers:
     colocated: bool
     refresh_engine: bool = False  # colocated copies refreshed after updates: ZeRO-3's HF engine, vLLM on a CPU
     last_sync_bytes: int = field(default=0)
-    road: str = "none"  # the weight sync's (rlvr.workers.sync.sync_kind); "ipc" and "nccl" run in the ranks
+    road: str = "none"  # the weight sync's (rlvr.rollout.registry.EngineSpec.road); "ipc" and "nccl" run in the ranks
     placement_groups: list[Any] = field(default_factory=list)
+    peaks: dict[int, int] = field(default_factory=dict)  # id(actor) -> its largest peak answered since peak_memory()
 
     @property
     def learner(self) -> ray.actor.ActorHandle:
@@ -170,65 +199,90 @@ class Workers:
                       for learner in learners])
         return workers
 
+    # -- calls ---------------------------------------------------------------------------------------
+    def _gather(self, calls: list[tuple[ray.actor.ActorHandle, ray.ObjectRef]]) -> list[Any]:
+        """The answers of ``calls`` (:data:`rlvr.workers.actors.Reply`), each actor's peak memory kept for
+        :meth:`peak_memory`."""
+        replies = _get_all([ref for _, ref in calls])
+        for (actor, _), (_, peak) in zip(calls, replies):
+            key = id(actor)
+            self.peaks[key] = max(self.peaks.get(key, 0), peak)
+        return [value for value, _ in replies]
+
+    def _on_learners(self, method: str, *args: object) -> Any:
+        """``method(*args)`` on every rank at once; rank 0's answer."""
+        return self._gather([(learner, getattr(learner, method).remote(*args)) for learner in self.learners])[0]
+
     # -- the learner group -------------------------------------------------------------------------
-    def _on_learners(self, method: str, *args: object) -> object:
-        """``method(*args)`` on every rank (the step batch goes into the object store once); rank 0's answer."""
-        args = tuple(ray.put(a) if isinstance(a, RolloutBatch) and len(self.learners) > 1 else a for a in args)
-        return _get_all([getattr(learner, method).remote(*args) for learner in self.learners])[0]
+    def stage(self, batch: RolloutBatch) -> StagedBatch:
+        """``batch`` put into the object store, once per step: every learner call of the step passes it by
+        reference, and what the driver changes afterwards travels as :meth:`StagedBatch.changes`."""
+        return StagedBatch(batch, ray.put(batch))
 
-    def logprobs(self, batch: RolloutBatch, reference: bool = False) -> torch.Tensor:  # [N,T]
-        """The learner's log-probs of ``batch``'s responses (under the reference with ``reference``)."""
-        return self._on_learners("logprobs", batch, reference)
+    def logprobs(self, batch: RolloutBatch | StagedBatch, old: bool = True, reference: bool = False) -> LogProbs:
+        """The learner's log-probs of ``batch``'s responses, behaviour (``old``) and reference ones in one call."""
+        staged = batch if isinstance(batch, StagedBatch) else self.stage(batch)
+        out = self._on_learners("logprobs", staged.ref, old, reference)
+        return LogProbs(out["old"], out["ref"], out["seconds"])
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """One step's optimizer updates on ``batch``; the learner's metrics."""
-        return self._on_learners("update", batch)
+    def update(self, staged: StagedBatch) -> tuple[dict[str, float], dict[str, float]]:
+        """One step's optimizer updates on the staged batch with the driver's changes since; the learner's metrics
+        and the seconds of the log-prob passes it ran first (``{"old_logprob": s, "ref": s}``, those it ran)."""
+        out = self._on_learners("update", staged.ref, staged.changes())
+        return out["metrics"], out["seconds"]
 
     def save(self, directory: str) -> dict[str, Any]:
         """The learners' checkpoint files in ``directory``; returns the algorithm's learner-side state."""
-        return self._on_learners("save", directory)
+        return _get_all([learner.save.remote(directory) for learner in self.learners])[0]
 
     def load(self, directory: str, algorithm_state: dict[str, Any]) -> None:
-        self._on_learners("load", directory, algorithm_state)
+        _get_all([learner.load.remote(directory, algorithm_state) for learner in self.learners])
 
     def learner_digest(self) -> str:
         """:func:`rlvr.transfer.arrays.digest` of the learner's full weights."""
-        return self._on_learners("learner_digest")
+        return _get_all([learner.learner_digest.remote() for learner in self.learners])[0]
 
     def peak_memory(self) -> int:
-        """The largest peak memory over every actor (learner ranks and rollout workers)."""
-        actors = {id(a): a for a in [*self.learners, *self.rollouts]}.values()
-        return max(ray.get([actor.peak_memory.remote() for actor in actors]))
+        """The largest peak memory of any actor since the previous call: from the answers of the calls since (each
+        carries its actor's peak), asking only the actors that had none."""
+        actors = list({id(a): a for a in [*self.learners, *self.rollouts]}.items())
+        silent = [actor for key, actor in actors if key not in self.peaks]
+        peaks = [*self.peaks.values(), *ray.get([actor.peak_memory.remote() for actor in silent])]
+        self.peaks = {}
+        return max(peaks)
 
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """Requests split evenly over the rollout workers (each seeded apart), results in request order."""
         shards = len(self.rollouts)
         size = -(-len(requests) // shards)
-        futures = [
-            worker.generate.remote(requests[i * size : (i + 1) * size],
-                                   SamplingParams(**{**sampling.__dict__, "seed": sampling.seed + i}))
+        calls = [
+            (worker, worker.generate.remote(requests[i * size : (i + 1) * size],
+                                            SamplingParams(**{**sampling.__dict__, "seed": sampling.seed + i})))
             for i, worker in enumerate(self.rollouts)
         ]
-        return [c for part in ray.get(futures) for c in part]
+        return [c for part in self._gather(calls) for c in part]
 
     def sync_weights(self) -> float:
         """Learner -> rollout workers; seconds taken. On GPUs with vLLM engines, GPU to GPU from the learner ranks
         (CUDA IPC colocated, NCCL broadcast split). Otherwise, split placement: rank 0's gathered weights through
-        the object store (numpy, zero-copy); colocated: nothing, except an engine copy refreshed in rank 0's
-        actor (vLLM's CPU build; a ZeRO-3 group's Hugging Face engine)."""
-        if self.road in BACKENDS:
-            started = time.perf_counter()
-            self.last_sync_bytes = self._on_learners("sync_weights")
-            return time.perf_counter() - started
-        if self.colocated and not self.refresh_engine:
+        the object store (numpy, zero-copy), passed on by reference; colocated: nothing, except an engine copy
+        refreshed in rank 0's actor (vLLM's CPU build; a ZeRO-3 group's Hugging Face engine)."""
+        if self.colocated and not self.refresh_engine and self.road not in BACKENDS:
             return 0.0
         started = time.perf_counter()
-        if self.colocated:
+        if self.road in BACKENDS:
+            self.last_sync_bytes = self._on_learners("sync_weights")
+        elif self.colocated:
             self.last_sync_bytes = self._on_learners("refresh_engine")
-            return time.perf_counter() - started
-        gathered = [learner.weights.remote() for learner in self.learners]  # a collective under ZeRO-3
-        sizes = _get_all([worker.load_weights.remote(gathered[0]) for worker in self.rollouts] + gathered[1:])
-        self.last_sync_bytes = sizes[0]
+        else:
+            # num_returns=2: the arrays stay in the object store for the rollout workers, the peak comes here.
+            gathered = [learner.weights.options(num_returns=2).remote() for learner in self.learners]  # ZeRO-3: all
+            loads = [(worker, worker.load_weights.remote(gathered[0][0])) for worker in self.rollouts]
+            peaks = ray.get([peak for _, peak in gathered])
+            for learner, peak in zip(self.learners, peaks):
+                key = id(learner)
+                self.peaks[key] = max(self.peaks.get(key, 0), peak)
+            self.last_sync_bytes = self._gather(loads)[0]
         return time.perf_counter() - started
 
     def shutdown(self) -> None:

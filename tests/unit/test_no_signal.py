@@ -119,12 +119,14 @@ def test_has_signal_ignores_padding():
     (["algorithm.tis_cap=2.0"], True),  # importance weights compare them with the engine's
 ])
 def test_the_old_logprob_pass_runs_only_when_a_later_step_or_the_driver_needs_it(overrides, separate_pass):
-    from types import SimpleNamespace
-
     from rlvr.config import build_recipe
-    from rlvr.trainer import Trainer
+    from rlvr.learner.base import old_logprob_source
 
     recipe = build_recipe({}, ["model.path=tiny", *overrides])
     batch = _batch([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0, 1, 1, 1, 1])
-    trainer = SimpleNamespace(recipe=recipe, algorithm=algos.from_recipe(recipe))
-    assert Trainer.needs_old_logprob_pass(trainer, batch) is separate_pass
+    algorithm = algos.from_recipe(recipe)
+    assert old_logprob_source(recipe.learner, algorithm, batch) == ("pass" if separate_pass else "forward")
+    engine = build_recipe({}, ["model.path=tiny", "learner.recompute_old_logprobs=false", *overrides])
+    assert old_logprob_source(engine.learner, algorithm, batch) == "rollout"
+    batch.old_logprobs = batch.rollout_logprobs
+    assert old_logprob_source(recipe.learner, algorithm, batch) == "given"

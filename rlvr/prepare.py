@@ -45,8 +45,8 @@ def prepare_astar(recipe: Recipe) -> Path:
             part = prompts[start : start + chunk]
             sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k,
                                       seed=step_seed(recipe.trainer.seed, -1000 - number), logprobs=False)
-            batch = run.generate(part, [n] * len(part), sampling)
-            errors += run.score(batch)
+            batch, _ = run.sampler.generate(part, [n] * len(part), sampling)
+            errors += run.sampler.score(batch)
             rewards = batch.rewards.view(len(part), n).tolist()
             rows.extend((p.id, rs) for p, rs in zip(part, rewards))
             if number % 20 == 0:

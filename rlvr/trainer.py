@@ -17,17 +17,19 @@ from rlvr import algos, checkpoint
 from rlvr.algos.algorithm import RolloutSource
 from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import Recipe, dump_recipe
-from rlvr.data.prompts import Prompt, PromptStream, load_prompts, render
+from rlvr.data.prompts import Prompt, PromptStream, load_prompts
 from rlvr.eval.benchmarks import load_benchmarks
 from rlvr.eval.runner import EvalSettings, evaluate
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
-from rlvr.rewards.pool import RewardPool, RewardRequest
+from rlvr.rewards.pool import RewardPool
 from rlvr.rewards.registry import resolve
-from rlvr.rollout.early_rejection import EarlyRejectionRollout, rollout_with_early_rejection, step_metrics
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.rollout.controllers import plain
+from rlvr.rollout.early_rejection import EarlyRejection, EarlyRejectionRollout, step_metrics
+from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.prm import load_scorer
+from rlvr.rollout.sampler import Sampler
 from rlvr.workers.placement import StagedBatch, Workers, check_environment, start_ray
 
 log = logging.getLogger("rlvr")
@@ -91,13 +93,16 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
         self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
         early = recipe.rollout.early_rejection
-        self.scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
+        scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
         self.pool = RewardPool(recipe.reward.function, recipe.reward.num_workers, recipe.reward.timeout_s,
                                recipe.reward.failure_score)
         self.model_dir = resolve_model_path(recipe.model.path)
         self.tokenizer = load_tokenizer(self.model_dir)
         start_ray(recipe)
         self.workers = Workers.create(recipe, self.model_dir)
+        controller = plain if scorer is None else EarlyRejection(scorer, self.tokenizer, early.oversample, early.tau)
+        self.sampler = Sampler(self.workers.generate, self.tokenizer, recipe.data.template, self.pool,
+                               recipe.reward.correct_threshold, controller)
         if self.resume and existing:
             self._restore(existing)
         elif self.resume:  # killed before its first checkpoint: start over rather than append to it
@@ -181,36 +186,6 @@ class Trainer:
             log.warning(no_signal_advice(row, self.no_signal_streak, self.recipe))
         return row
 
-    def generate(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams) -> RolloutBatch:
-        """``plan[i]`` samples of ``prompts[i]``, as one batch whose group ids index the prompts."""
-        tokens = [render(p, self.recipe.data.template, self.tokenizer) for p in prompts]
-        rows = [(i, p) for i, (p, k) in enumerate(zip(prompts, plan)) for _ in range(k)]
-        completions = self.workers.generate([tokens[i] for i, _ in rows], sampling)
-        return assemble_batch(rows, [tokens[i] for i, _ in rows], completions, self.tokenizer.pad_token_id)
-
-    def generate_early_rejection(self, prompts: list[Prompt], plan: list[int], sampling: SamplingParams
-                                 ) -> tuple[RolloutBatch, EarlyRejectionRollout]:
-        """As :meth:`generate`, with PRM early rejection: ``plan[i] * oversample`` candidates per prompt,
-        scored at ``tau`` tokens; the best ``plan[i]`` are finished. The scorer sees the problem text."""
-        early = self.recipe.rollout.early_rejection
-        tokens = [render(p, self.recipe.data.template, self.tokenizer) for p in prompts]
-        result = rollout_with_early_rejection(self.workers.generate, tokens, [p.problem for p in prompts], plan,
-                                              sampling, self.scorer, self.tokenizer, early.oversample, early.tau)
-        rows = [(i, prompts[i]) for i in result.prompt_index]
-        batch = assemble_batch(rows, [tokens[i] for i in result.prompt_index], result.completions,
-                               self.tokenizer.pad_token_id)
-        return batch, result
-
-    def score(self, batch: RolloutBatch) -> int:
-        """Fill ``rewards``, ``reward_extras`` and ``correct``; returns the number of failed reward calls."""
-        requests = [RewardRequest(text, answer, fields) for text, answer, fields
-                    in zip(batch.response_text, batch.answer, batch.fields)]
-        results = self.pool.score(requests)
-        batch.rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
-        batch.reward_extras = [r.extras for r in results]
-        batch.correct = batch.rewards >= self.recipe.reward.correct_threshold
-        return sum(r.error is not None for r in results)
-
     def heldout(self) -> dict[str, float]:
         """Accuracy on the held-out prompts, graded by :func:`rlvr.rewards.grading.grade`: one sample per
         problem at ``trainer.heldout_temperature`` (``heldout/accuracy``), and greedy when asked."""
@@ -225,7 +200,8 @@ class Trainer:
             sampling = SamplingParams(cfg.heldout_max_new_tokens or self.recipe.rollout.max_new_tokens, temperature,
                                       self.recipe.rollout.top_p, self.recipe.rollout.top_k, seed=step_seed(cfg.seed, -1),
                                       logprobs=False)
-            batch = self.generate(self.heldout_prompts, [1] * len(self.heldout_prompts), sampling)
+            batch, _ = self.sampler.generate(self.heldout_prompts, [1] * len(self.heldout_prompts), sampling,
+                                             controller=plain)
             correct = [grade(text, answer) for text, answer in zip(batch.response_text, batch.answer)]
             out[key] = sum(correct) / len(correct)
         self.bar_write(f"held-out accuracy: {out['heldout/accuracy']:.1%} on {len(self.heldout_prompts)} problems "
@@ -302,36 +278,6 @@ class Trainer:
         return out
 
 
-def assemble_batch(rows: list[tuple[int, Prompt]], prompt_tokens: list[list[int]],
-                   completions: list[Completion], pad_id: int) -> RolloutBatch:
-    """Pad prompts left and responses right into a :class:`RolloutBatch`; ``rows[j] = (group, prompt)``."""
-    n = len(rows)
-    p_width = max(len(t) for t in prompt_tokens)
-    t_width = max(1, max(len(c.tokens) for c in completions))
-    prompt = torch.full((n, p_width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((n, p_width), dtype=torch.long)
-    response = torch.full((n, t_width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((n, t_width))
-    logprobs = torch.zeros((n, t_width))
-    for j, (tokens, c) in enumerate(zip(prompt_tokens, completions)):
-        prompt[j, p_width - len(tokens):] = torch.tensor(tokens)
-        prompt_mask[j, p_width - len(tokens):] = 1
-        response[j, : len(c.tokens)] = torch.tensor(c.tokens, dtype=torch.long)
-        response_mask[j, : len(c.tokens)] = 1.0
-        # NaN where the engine returned none (none were asked for), so a misuse cannot pass as data.
-        logprobs[j, : len(c.tokens)] = torch.tensor(c.logprobs) if c.logprobs else torch.nan
-    return RolloutBatch(
-        prompt_id=[p.id for _, p in rows],
-        group=torch.tensor([g for g, _ in rows], dtype=torch.long),
-        prompt_tokens=prompt, prompt_mask=prompt_mask,
-        response_tokens=response, response_mask=response_mask, rollout_logprobs=logprobs,
-        answer=[p.answer for _, p in rows],
-        response_text=[c.text for c in completions],
-        finished=torch.tensor([c.finish_reason == "stop" for c in completions]),
-        fields=[p.fields for _, p in rows],
-    )
-
-
 class _Source(RolloutSource):
     """Sampling for one step: the first batch and any an algorithm asks for (DAPO dynamic sampling)."""
 
@@ -360,15 +306,12 @@ class _Source(RolloutSource):
                                   logprobs=engine_logprobs)
         plan = plan or t.algorithm.rollout_plan(len(prompts), r.n)
         with self.timer("generate"):
-            if t.scorer is None:
-                batch = t.generate(prompts, plan, sampling)
-                self.tokens += batch.num_response_tokens
-            else:
-                batch, result = t.generate_early_rejection(prompts, plan, sampling)
-                self.tokens += result.tokens_generated  # the rejected candidates' partials too
-                self.early_rejection.append(result)
+            batch, out = t.sampler.generate(prompts, plan, sampling)
+        self.tokens += out.tokens_generated  # with early rejection, the rejected candidates' partials too
+        if isinstance(out.details, EarlyRejectionRollout):
+            self.early_rejection.append(out.details)
         with self.timer("reward"):
-            self.errors += t.score(batch)
+            self.errors += t.sampler.score(batch)
         self.metrics.update(t.algorithm.shape_rewards(batch))
         if record:
             self.batches.append(batch)

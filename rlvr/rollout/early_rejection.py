@@ -54,10 +54,9 @@ from dataclasses import dataclass, field, replace
 from numbers import Integral
 from typing import Any
 
+from rlvr.rollout.controllers import Controlled, Generate
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout.prm import Scorer
-
-Generate = Callable[[list[list[int]], SamplingParams], list[Completion]]
 Decode = Callable[[list[int]], str]
 
 # The paper's defaults (ALGORITHMS.md 8.2, the authors' main_partial_beam_search.py): N=16 candidates,
@@ -240,6 +239,24 @@ def rollout_with_early_rejection(
         out.candidates += len(result.candidates)
         out.rejected += len(result.candidates) - len(kept)
     return out
+
+
+@dataclass(frozen=True)
+class EarlyRejection:
+    """The training-rollout controller (:mod:`rlvr.rollout.controllers`) of PRM early rejection:
+    :func:`rollout_with_early_rejection` with this scorer, decoder (a tokenizer), ``oversample`` and ``tau``; its
+    :class:`EarlyRejectionRollout` is the answer's ``details``."""
+
+    scorer: Scorer
+    decode: Decode | Any
+    oversample: int = EXPANSIONS
+    tau: int = TAU
+
+    def __call__(self, generate: Generate, requests: Sequence[list[int]], problems: Sequence[str],
+                 plan: Sequence[int], sampling: SamplingParams) -> Controlled:
+        result = rollout_with_early_rejection(generate, requests, problems, plan, sampling, self.scorer, self.decode,
+                                              self.oversample, self.tau)
+        return Controlled(result.completions, result.prompt_index, result.tokens_generated, result)
 
 
 # --- the search ----------------------------------------------------------------------------------------

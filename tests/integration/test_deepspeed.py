@@ -124,7 +124,7 @@ def test_gathered_zero3_weights_reach_the_rollout_worker_whole(tiny_model_dir, r
         assert trained != ray_session.get(initial)  # the update changed the weights ...
         assert ray_session.get(rollout.weights_digest.remote()) == trained  # ... and the rollout worker has them
         sampling = SamplingParams(max_new_tokens=8, seed=7, logprobs=True)
-        batch = run.generate(run.prompts[:8], [2] * 8, sampling)
+        batch, _ = run.sampler.generate(run.prompts[:8], [2] * 8, sampling)
         learner = run.workers.logprobs(batch).old
         mask = batch.response_mask.bool()
         assert torch.allclose(learner[mask], batch.rollout_logprobs[mask], atol=1e-6)

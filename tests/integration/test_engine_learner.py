@@ -10,7 +10,7 @@ from rlvr.learner.torch import TorchLearner
 from rlvr.models.loading import load_tokenizer
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
-from rlvr.trainer import assemble_batch
+from rlvr.rollout.sampler import assemble_batch
 
 
 def _setup(model_dir, **overrides):

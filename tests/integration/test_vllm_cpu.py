@@ -23,7 +23,8 @@ from rlvr.models.loading import load_model, load_tokenizer
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.hf import HFEngine
 from rlvr.rollout.vllm import installed_build
-from rlvr.trainer import Trainer, assemble_batch
+from rlvr.rollout.sampler import assemble_batch
+from rlvr.trainer import Trainer
 from rlvr.transfer.arrays import named_arrays
 from tests.conftest import tiny_overrides
 
@@ -108,7 +109,7 @@ def test_training_through_vllm_keeps_the_engine_on_the_learners_weights(mode, ti
         for step in (1, 2):
             row = run.train_step(step)
             assert row["sync/bytes"] > 0 and row["actor/grad_norm"] > 0
-            batch = run.generate(probes, [1] * len(probes), greedy(8))
+            batch, _ = run.sampler.generate(probes, [1] * len(probes), greedy(8))
             learner = run.workers.logprobs(batch).old
             gap = (batch.rollout_logprobs - learner).abs().masked_fill(~batch.response_mask.bool(), 0).max().item()
             assert gap < 1e-4, f"after step {step}'s sync the engine's greedy log-probs are off by {gap}"

@@ -10,7 +10,9 @@ import torch
 from rlvr.data.tasks import arithmetic
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model, load_tokenizer
+from rlvr.rollout.controllers import plain
 from rlvr.rollout.early_rejection import (
+    EarlyRejection,
     beam_search,
     derive_seed,
     partial_beam_search,
@@ -218,3 +220,25 @@ def test_bad_training_arguments_and_scorers_are_named(tiny):
     with pytest.raises(ValueError, match="returned 1 scores"):
         rollout_with_early_rejection(engine, prompt_tokens, texts, 2, sampling, lambda prompts, partials: [0.0],
                                      tokenizer, tau=2)
+
+
+def test_controllers_answer_alike_prompt_major_with_every_token_counted(tiny):
+    """Training samples through a controller over the workers' generate: the plain one samples each prompt
+    ``plan[i]`` times in one call; early rejection is the same rollout as the function, its record attached."""
+    tokenizer, prompt_tokens, texts = tiny.tokenizer, tiny.prompt_tokens, tiny.texts
+    plan, sampling = [2, 0, 1, 3, 1, 1], SamplingParams(MAX_NEW, temperature=1.0, seed=5)
+    log = Log(tiny.engine)
+    out = plain(log.generate, prompt_tokens, texts, plan, sampling)
+    assert [c[0] for c in log.calls] == ["generate"] and out.details is None
+    assert out.prompt_index == [0, 0, 2, 3, 3, 3, 4, 5]
+    assert log.calls[0][2] == [prompt_tokens[i] for i in out.prompt_index]
+    assert out.tokens_generated == sum(len(c.tokens) for c in out.completions) > 0
+
+    controller = EarlyRejection(ArithmeticProgressScorer(), tokenizer, oversample=3, tau=TAU)
+    controlled = controller(tiny.engine.generate, prompt_tokens, texts, plan, sampling)
+    direct = rollout_with_early_rejection(tiny.engine.generate, prompt_tokens, texts, plan, sampling,
+                                          ArithmeticProgressScorer(), tokenizer, oversample=3, tau=TAU)
+    assert [c.tokens for c in controlled.completions] == [c.tokens for c in direct.completions]
+    assert controlled.prompt_index == direct.prompt_index == out.prompt_index
+    assert controlled.tokens_generated == direct.tokens_generated > sum(len(c.tokens) for c in direct.completions)
+    assert controlled.details.rejected == direct.rejected == sum(plan) * 2

@@ -12,7 +12,7 @@ from rlvr.algos.scaf import PAPER_TEMPLATE, HintSearch, exemption_end, field_hin
 from rlvr.config import RecipeError, build_recipe
 from rlvr.data.prompts import Prompt, render
 from rlvr.data.tasks.arithmetic import HINT_TEMPLATE, hint_ladder
-from rlvr.trainer import assemble_batch
+from rlvr.rollout.sampler import assemble_batch
 
 
 class EngineSource(RolloutSource):

@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
     evaluation = commands.add_parser("eval", help="evaluate a model on math benchmarks (AIME, MATH500, AMC, GSM8K)")
-    from rlvr.eval.command import add_arguments
-
-    add_arguments(evaluation)
+    add_eval_arguments(evaluation)
 
     listing = commands.add_parser("list", help="list what is registered")
     listing.add_argument("what", choices=["algorithms", "rewards", "benchmarks", "templates", "engines",
@@ -61,6 +59,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlvr: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+# An engine that runs alone may take most of its GPU (a training run's colocated engine shares it: 0.5).
+EVAL_DEFAULTS = {"gpu_memory_utilization": 0.9}
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """``rlvr eval``'s arguments: its own (:func:`rlvr.eval.command.add_arguments`) and one flag per engine
+    option (:attr:`rlvr.rollout.registry.EngineSpec.options`), named, typed and described as the recipe's
+    ``rollout`` field of that name."""
+    from rlvr.eval.command import add_arguments
+
+    add_arguments(parser)
+    _add_engine_options(parser)
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per engine option (:attr:`rlvr.rollout.registry.EngineSpec.options`), named, typed and described as
+    the recipe's ``rollout`` field of that name."""
+    from rlvr.config import RolloutConfig
+    from rlvr.rollout import registry
+
+    for spec in registry.ENGINES.values():
+        for key in spec.options:
+            field = RolloutConfig.model_fields[key]
+            default = EVAL_DEFAULTS.get(key, field.default)
+            described = (field.description or "").removeprefix(f"{spec.label} only. ").replace("%", "%%")
+            help_text = f"{spec.name} engine: {described} (default {default})"
+            flag = "--" + key.replace("_", "-")
+            if field.annotation is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            else:
+                kind = float if "float" in str(field.annotation) else int
+                parser.add_argument(flag, type=kind, default=default, help=help_text)
 
 
 def _list(what: str) -> int:

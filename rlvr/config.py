@@ -19,6 +19,7 @@ from rlvr.algos.options import AlgorithmOptions
 from rlvr.learner import registry as learners
 from rlvr.rollout import registry as engines
 from rlvr.data.sources import DatasetSpec
+from rlvr.eval.settings import EvalSampling
 
 
 
@@ -51,7 +52,8 @@ class ModelConfig(Section):
         "on top of all the gradients, SmolLM2-135M's ~115 MiB at 4k tokens, becomes a block's. null: the whole "
         "micro-batch at once. Torch learner only: a block per gradient is more than ZeRO's once-per-backward "
         "reduction allows.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Run the model repository's own modelling code (transformers' "
+                                    "trust_remote_code), for architectures transformers does not ship.")
 
 
 class DataConfig(Section):
@@ -80,7 +82,7 @@ class DataConfig(Section):
         "the user message), or a format string with a {problem} field. Chat-message problems always use the "
         "chat template; qwen-boxed adds its system prompt only where they have none (rlvr.data.prompts.render).")
     batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="Shuffle the training prompts each epoch (seeded by trainer.seed).")
 
     @field_validator("template")
     @classmethod
@@ -214,8 +216,8 @@ class LearnerConfig(Section):
     offload_optimizer: bool = Field(False, description="DeepSpeed only. Keep the fp32 master weights and AdamW "
                                     "state in CPU memory and step there (ZeRO-Offload): GPU memory for speed.")
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (DeepSeekMath / TRL: 1e-6).")
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (decoupled).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's (beta1, beta2).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Global gradient-norm clip.")
     mini_batch_size: int | None = Field(None, ge=1, description="Rows per optimizer step; default: the whole "
@@ -266,10 +268,11 @@ class TrainerConfig(Section):
     progress: bool = Field(True, description="Show the live progress bar.")
 
 
-class EvalConfig(Section):
+class EvalConfig(EvalSampling):
     """Benchmarks evaluated during training (``rlvr eval``'s runner on the rollout workers): every
     ``every`` steps and after the last one, written to ``<output_dir>/eval/step_N/`` and logged as
-    ``eval/<benchmark>/avg@n``, ``pass@n``, ``maj@n`` (and ``greedy``) in metrics.jsonl."""
+    ``eval/<benchmark>/avg@n``, ``pass@n``, ``maj@n`` (and ``greedy``) in metrics.jsonl. Sampled and graded
+    with the options ``rlvr eval`` has (rlvr.eval.settings.EvalSampling), four samples per problem by default."""
 
     benchmarks: list[str] = Field(default_factory=list, description="Benchmark names (math500, aime24, aime25, "
                                   "amc23, gsm8k) or .jsonl paths; empty: no evaluation.")
@@ -278,17 +281,9 @@ class EvalConfig(Section):
     data_dir: str | None = Field(None, description="Directory of benchmark .jsonl files (default $RLVR_DATA_DIR, "
                                  "else the Hugging Face hub).")
     limit: int | None = Field(None, ge=1, description="Only the first K problems of each benchmark.")
-    n: int = Field(4, ge=1, description="Samples per problem.")
-    temperature: float = Field(0.6, gt=0.0, description="Sampling temperature (DeepSeek-R1's evaluation: 0.6).")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (DeepSeek-R1's evaluation: 0.95).")
-    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 disables it.")
+    n: int = Field(4, ge=1, description="Samples per problem (avg@n; pass@k and maj@k for k = 1, 2, 4, ... n).")
     max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
     template: str | None = Field(None, description="Prompt template (default: data.template).")
-    greedy: bool = Field(False, description="Also one greedy response per problem (eval/<benchmark>/greedy).")
-    reward: str = Field("math_answer", description="The grader: a reward name or 'module:function'; a response "
-                        "is correct when its score is at least reward.correct_threshold.")
-    grader_workers: int = Field(2, ge=1, description="Grading processes.")
-    grader_timeout_s: float = Field(10.0, gt=0.0, description="Hard limit per graded response, in seconds.")
 
     @field_validator("benchmarks")
     @classmethod
@@ -305,14 +300,6 @@ class EvalConfig(Section):
         from rlvr.data.prompts import check_template
 
         return value if value is None else check_template(value)
-
-    @field_validator("reward")
-    @classmethod
-    def _known_reward(cls, value: str) -> str:
-        from rlvr.rewards.registry import resolve
-
-        resolve(value)
-        return value
 
 
 class Recipe(Section):

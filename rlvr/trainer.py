@@ -19,7 +19,8 @@ from rlvr.batch import RolloutBatch, concat_batches
 from rlvr.config import Recipe, dump_recipe
 from rlvr.data.prompts import Prompt, PromptStream, load_prompts
 from rlvr.eval.benchmarks import load_benchmarks
-from rlvr.eval.runner import EvalSettings, evaluate
+from rlvr.eval.runner import evaluate
+from rlvr.eval.settings import EvalSampling, EvalSettings
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
@@ -228,13 +229,15 @@ class Trainer:
         return metrics
 
     def eval_settings(self) -> EvalSettings:
+        """The recipe's ``eval`` section as the runner's settings: its sampling and grading options as they are,
+        the rest from the run (its length limit and template unless the section sets them, seed, batch size,
+        correct threshold)."""
         cfg, recipe = self.recipe.eval, self.recipe
-        return EvalSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        shared = cfg.model_dump(include=set(EvalSampling.model_fields))
+        return EvalSettings(**{**shared, "reward": resolve(cfg.reward)},
                             max_new_tokens=cfg.max_new_tokens or recipe.rollout.max_new_tokens,
-                            template=cfg.template or recipe.data.template, greedy=cfg.greedy,
-                            seed=recipe.trainer.seed, chunk_size=recipe.rollout.batch_size, reward=resolve(cfg.reward),
-                            correct_threshold=recipe.reward.correct_threshold, grader_workers=cfg.grader_workers,
-                            grader_timeout_s=cfg.grader_timeout_s)
+                            template=cfg.template or recipe.data.template, seed=recipe.trainer.seed,
+                            chunk_size=recipe.rollout.batch_size, correct_threshold=recipe.reward.correct_threshold)
 
     # -- records -----------------------------------------------------------------------------------
     def log(self, row: dict[str, Any]) -> None:

@@ -25,13 +25,14 @@ from pathlib import Path
 def worker(args: argparse.Namespace) -> None:
     """One engine: load it, evaluate greedily, write timings and the greedy responses as JSON."""
     from rlvr.eval.benchmarks import load_benchmarks
-    from rlvr.eval.command import _load_engine, add_arguments
+    from rlvr.cli import add_eval_arguments
+    from rlvr.eval.command import _load_engine
     from rlvr.eval.runner import EvalSettings, evaluate, read_samples
 
     out = Path(args.worker_output)
     started = time.perf_counter()
     eval_parser = argparse.ArgumentParser()
-    add_arguments(eval_parser)  # rlvr eval's own options and defaults
+    add_eval_arguments(eval_parser)  # rlvr eval's own options and defaults
     engine_args = eval_parser.parse_args(
         ["--model", args.model, "--engine", args.worker, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
          "--output", str(out / "eval"), *(["--kv-cache-gb", str(args.kv_cache_gb)] if args.kv_cache_gb else [])])

@@ -49,13 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model dtype (auto: bfloat16 on GPUs, float32 on CPU)")
     parser.add_argument("--batch-size", type=int, default=64, help="requests per generate call (chunk_size in "
                         "results.json; the unit --resume keeps or redoes) and hf engine batch")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine: memory share")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vllm engine: context length")
-    parser.add_argument("--enforce-eager", action="store_true", help="vllm engine: no torch.compile or CUDA graphs "
-                        "(vLLM's enforce_eager): a faster start, slower decoding")
-    parser.add_argument("--kv-cache-gb", type=float, default=None, help="vllm engine: KV cache in GiB (default: "
-                        "what --gpu-memory-utilization leaves on a GPU; 1 with the CPU build)")
+    # rlvr.cli.add_eval_arguments adds one flag per engine option (the recipe's rollout fields of those names).
     parser.add_argument("--reward", default="math_answer", help="grader: a reward name or 'module:function' "
                         "(default math_answer: rlvr.rewards.grading.grade)")
     parser.add_argument("--grader-workers", type=int, default=2, help="grading processes (default 2)")

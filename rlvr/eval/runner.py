@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -34,8 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.data.prompts import Prompt, check_template, render
+from rlvr.data.prompts import Prompt, render
 from rlvr.eval.metrics import maj_at_k, pass_at_k
+from rlvr.eval.settings import EvalSettings
 from rlvr.rewards.grading import extract_answer, normalize
 from rlvr.rewards.grading.numbers import number_value
 from rlvr.rewards.pool import RewardPool, RewardRequest
@@ -50,48 +50,6 @@ GROUP_FIELDS = ("subject", "level")
 RESULTS_FILE, SAMPLES_FILE = "results.json", "samples.jsonl"
 # Settings a resume may change: they do not change what is generated or how it is graded.
 RESUMABLE_CHANGES = ("grader_workers",)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How to sample and grade. Defaults: n=1 at temperature 0.6, top-p 0.95 (DeepSeek-R1's evaluation
-    setting), 4096 new tokens, the Qwen2.5-Math boxed chain-of-thought template, the math reward."""
-
-    n: int = 1
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 4096
-    template: str = "qwen-boxed"
-    greedy: bool = False  # also one greedy response per problem: the "greedy" metric
-    seed: int = 0
-    chunk_size: int = 256  # requests per generate call; the progress bar moves once per call
-    reward: str = "math_answer"  # a reward name or 'module:function'; correct = score >= correct_threshold
-    correct_threshold: float = 1.0
-    grader_workers: int = 2
-    grader_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.n < 1:
-            problems.append(f"n (samples per problem) must be >= 1; got {self.n}")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0 (use greedy for greedy decoding); got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (0: off); got {self.top_k}")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
-        if self.chunk_size < 1:
-            problems.append(f"chunk_size must be >= 1; got {self.chunk_size}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        check_template(self.template)
-
-    def ks(self) -> list[int]:
-        """The k of pass@k and maj@k: 1, 2, 4, ... up to n, and n itself."""
-        return sorted({2**i for i in range(int(math.log2(self.n)) + 1)} | {self.n})
 
 
 @dataclass
@@ -327,7 +285,7 @@ def _header(benchmarks: dict[str, list[Prompt]], settings: EvalSettings,
         text = json.dumps([asdict(p) for p in prompts], sort_keys=True, default=str)
         return f"{len(prompts)} problems, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
-    return {**(metadata or {}), "settings": asdict(settings),
+    return {**(metadata or {}), "settings": settings.model_dump(),
             "problem_sets": {name: fingerprint(prompts) for name, prompts in benchmarks.items()}}
 
 

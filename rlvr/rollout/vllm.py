@@ -490,15 +490,20 @@ def recipe_options(recipe: Recipe, weight_transfer: str | None, colocated: bool,
     Ray executor, whose workers take the GPU bundles of the placement group the engine's actor was scheduled in
     (vLLM 0.32 captures it: ``engine/arg_utils.py`` ``get_current_placement_group``; ``ray_executor_v2.py``).
     """
-    rollout, tp = recipe.rollout, recipe.rollout.tensor_parallel_size
+    tp = recipe.rollout.tensor_parallel_size
     return {
-        "dtype": recipe.model.dtype, "tensor_parallel_size": tp,
-        "gpu_memory_utilization": rollout.gpu_memory_utilization, "max_model_len": rollout.max_model_len,
-        "seed": recipe.trainer.seed + index, "enable_sleep_mode": colocated, "enforce_eager": rollout.enforce_eager,
-        "enable_prefix_caching": rollout.enable_prefix_caching, "weight_transfer": weight_transfer,
-        "kv_cache_gb": rollout.kv_cache_gb, "trust_remote_code": recipe.model.trust_remote_code,
-        "distributed_executor_backend": "uni" if tp == 1 else "ray",
+        "dtype": recipe.model.dtype, "seed": recipe.trainer.seed + index, "enable_sleep_mode": colocated,
+        "weight_transfer": weight_transfer, "trust_remote_code": recipe.model.trust_remote_code,
+        "distributed_executor_backend": "uni" if tp == 1 else "ray", **engine_options(recipe.rollout),
     }
+
+
+def engine_options(source: Any) -> dict[str, Any]:
+    """The engine's own options (:attr:`rlvr.rollout.registry.EngineSpec.options`) read from ``source``: a recipe's
+    ``rollout`` section, or ``rlvr eval``'s arguments, which carry the same names."""
+    from rlvr.rollout.registry import ENGINES
+
+    return {key: getattr(source, key) for key in ENGINES["vllm"].options}
 
 
 class VLLMEngine:
@@ -594,10 +599,8 @@ class VLLMEngine:
     @classmethod
     def for_eval(cls, path: str, tokenizer, dtype: str, device: str, args: Any) -> tuple[VLLMEngine, str]:
         """``rlvr eval``'s engine (its command-line ``args``) and how to describe it."""
-        engine = cls(path, dtype=dtype, tensor_parallel_size=args.tensor_parallel_size,
-                     gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
-                     seed=args.seed, kv_cache_gb=args.kv_cache_gb, enforce_eager=args.enforce_eager,
-                     trust_remote_code=args.trust_remote_code)
+        engine = cls(path, dtype=dtype, seed=args.seed, trust_remote_code=args.trust_remote_code,
+                     **engine_options(args))
         where = "CPU build" if engine.on_cpu else f"tensor parallel {args.tensor_parallel_size}"
         return engine, f"vllm ({where}), {dtype}"
 

@@ -51,9 +51,9 @@ def build_engine(recipe: Recipe, model_dir: str, **kwargs: Any):
 
 
 class _Sampler:
-    """What both actor kinds share: an engine to sample with."""
+    """What both actor kinds share: an engine to sample with (a learner rank without one: None)."""
 
-    engine: Any
+    engine: Any = None
     engine_memory = 0  # the most GPU memory in use seen right after a vLLM generation, in bytes
 
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> Reply:

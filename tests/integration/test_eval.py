@@ -125,7 +125,7 @@ def test_an_eval_killed_halfway_resumes_to_the_results_of_an_uninterrupted_run(t
     ("args", "message"),
     [
         (["--benchmarks", "math500,aime2024"], "benchmark 'aime2024' is unknown; known: math500, aime24, aime25"),
-        (["--benchmarks", "math500", "--n", "0"], "n (samples per problem) must be >= 1"),
+        (["--benchmarks", "math500", "--n", "0"], "n: Input should be greater than or equal to 1 (got 0)"),
         (["--benchmarks", "math500", "--template", "qwen"], "prompt template 'qwen' is unknown"),
         (["--benchmarks", "math500", "--reward", "nope"], "reward function 'nope' is neither a registered name"),
         (["--benchmarks", "aime25", "--data-dir", "{data}"], "aime25"),

@@ -64,6 +64,7 @@ def count(run: Trainer, monkeypatch) -> tuple[list, list, list]:
                     waves.append((_name, len(calls) - before))
 
         monkeypatch.setattr(workers, name, wave)
+    monkeypatch.setattr(run.sampler, "generate_fn", workers.generate)  # the sampler holds the method it was given
     real_put = ray.put
 
     def put(value, **kwargs):
@@ -85,23 +86,31 @@ def test_a_step_makes_at_most_four_round_trips_and_puts_its_batch_once(tiny_mode
     recipe = build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **{"learner.lr": 1e-3, "data.heldout": "null",
                                                                          **overrides}))
     with Trainer(recipe) as run:
-        calls, waves, puts = count(run, monkeypatch)
-        for step in (1, 2):
-            calls.clear(), waves.clear(), puts.clear()
-            row = run.train_step(step)
-            assert not row["train/skipped_no_signal"] and row["memory/peak_bytes"] > 0
-            assert len(waves) <= most_waves, waves
-            assert [name for name, _ in waves][0] == "generate" and "peak_memory" not in dict(waves)
-            per_actor = {}
-            for actor, method, args in calls:
-                per_actor.setdefault(actor, []).append(method)
-                assert not any(isinstance(arg, RolloutBatch) for arg in args), f"{method} got the batch by value"
-            assert all(len(methods) <= 4 for methods in per_actor.values()), per_actor
-            assert puts == ["RolloutBatch"]  # the step batch, once
-            if "algorithm.kl_in" in overrides:  # old and reference log-probs in one call, before the update
-                assert [name for name, _ in waves] == ["generate", "logprobs", "update", "sync_weights"]
-                assert row["time/old_logprob"] > 0 and row["time/ref"] > 0
-                assert per_actor["learner 0"] == ["logprobs", "update", "weights"]
-            else:
-                assert [name for name, _ in waves] == ["generate", "update"]
-        monkeypatch.undo()  # the real handles back, for the shutdown
+        try:
+            check_steps(run, monkeypatch, overrides, most_waves)
+        finally:
+            monkeypatch.undo()  # the real handles back, for the shutdown
+
+
+def check_steps(run: Trainer, monkeypatch, overrides: dict, most_waves: int) -> None:
+    """Two steps of ``run``, each counted."""
+    calls, waves, puts = count(run, monkeypatch)
+    for step in (1, 2):
+        calls.clear(), waves.clear(), puts.clear()
+        row = run.train_step(step)
+        assert not row["train/skipped_no_signal"] and row["memory/peak_bytes"] > 0
+        assert len(waves) <= most_waves, waves
+        assert sum(count for _, count in waves) == len(calls)  # every actor call inside a counted wave
+        assert [name for name, _ in waves][0] == "generate" and "peak_memory" not in dict(waves)
+        per_actor = {}
+        for actor, method, args in calls:
+            per_actor.setdefault(actor, []).append(method)
+            assert not any(isinstance(arg, RolloutBatch) for arg in args), f"{method} got the batch by value"
+        assert all(len(methods) <= 4 for methods in per_actor.values()), per_actor
+        assert puts == ["RolloutBatch"]  # the step batch, once
+        if "algorithm.kl_in" in overrides:  # old and reference log-probs in one call, before the update
+            assert [name for name, _ in waves] == ["generate", "logprobs", "update", "sync_weights"]
+            assert row["time/old_logprob"] > 0 and row["time/ref"] > 0
+            assert per_actor["learner 0"] == ["logprobs", "update", "weights"]
+        else:
+            assert [name for name, _ in waves] == ["generate", "update"]

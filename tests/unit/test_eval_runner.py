@@ -188,10 +188,12 @@ def test_summary_matches_hand_computed_metrics():
 
 
 def test_settings_are_validated_with_what_is_allowed():
-    with pytest.raises(ValueError, match=r"temperature must be > 0 \(use greedy"):
+    with pytest.raises(ValueError, match=r"temperature: Input should be greater than 0 \(got 0\)"):
         EvalSettings(temperature=0)
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"top_p: Input should be less than or equal to 1 \(got 1.5\)"):
         EvalSettings(top_p=1.5)
+    with pytest.raises(ValueError, match=r"n: Input should be greater than or equal to 1 \(got 0\); chunk_size: "):
+        EvalSettings(n=0, chunk_size=0)  # every problem at once
     assert EvalSettings(n=16).ks() == [1, 2, 4, 8, 16] and EvalSettings(n=6).ks() == [1, 2, 4, 6]
 
 

@@ -93,7 +93,8 @@ def configuration() -> dict[str, str]:
 
 
 def algorithms() -> dict[str, str]:
-    """The presets (name, summary, tiny recipe, what each changes from grpo) and the options every one has."""
+    """The presets (name, summary, tiny recipe, what each changes from grpo), the options every one has, and per
+    preset the options it adds or sets otherwise than grpo."""
     from rlvr.algos import registry
     from rlvr.algos.options import AlgorithmOptions, ClippedOptions
 
@@ -117,7 +118,16 @@ def algorithms() -> dict[str, str]:
                         f"{_cell(field.description or '')} |")
         return "\n".join(rows)
 
-    return {"algorithms": "\n".join(table),
+    own_tables = {}
+    for name in registry.names():
+        fields = registry.get(name).options.model_fields
+        rows = [f"| `{key}` | `{_default(field)}` | {_cell(field.description or '')} |"
+                for key, field in fields.items() if key != "name" and (
+                    key not in base.model_fields or _default(field) != _default(base.model_fields[key])
+                    or field.description != base.model_fields[key].description)]
+        if rows:
+            own_tables[f"options-{name}"] = "\n".join(["| option | default | meaning |", "|---|---|---|", *rows])
+    return {**own_tables, "algorithms": "\n".join(table),
             "algorithm-options": options([key for key in shared if key != "name"]),
             "clipped-options": options([key for key in ClippedOptions.model_fields if key not in shared])}
 
@@ -128,10 +138,11 @@ BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+)[^>]*-->\n)(?P<body>
 
 
 def render(path: Path, tables: dict[str, str]) -> str:
-    """``path``'s text with each generated block replaced; a table without its block is an error."""
+    """``path``'s text with each generated block replaced; a table without its block is an error, except a
+    preset's own options (``options-<name>``: a section of its own is written by hand, when there is one)."""
     text = path.read_text()
     found = {m.group("name") for m in BLOCK.finditer(text)}
-    missing = sorted(set(tables) - found)
+    missing = sorted(name for name in set(tables) - found if not name.startswith("options-"))
     if missing:
         raise SystemExit(f"{path}: no BEGIN/END GENERATED block for {', '.join(missing)}")
     return BLOCK.sub(lambda m: m.group(1) + tables[m.group("name")] + "\n" + m.group(4), text)

@@ -12,10 +12,14 @@ Two stages:
    (:func:`regression`). No old-policy ratio, no clipping, no critic.
 
 Defaults are the authors' ``scripts/apo_math.sh`` / ``apo_trainer.yaml``: N=8, beta1=0.5, beta2=1e-3,
-entropy bonus 0.001 (on in the code although not part of the loss as presented: ``entropy_coef: 0`` for
-the paper's loss), ``filter_incorrect`` off (on: drop prompts whose N reference samples all failed).
-Departure: a training prompt missing from the table is an error before any work starts (the code builds
-V* from dataset columns, so it cannot be missing there).
+entropy bonus 0.001, ``filter_incorrect`` off (on: drop prompts whose N reference samples all failed).
+
+Where rlvr departs from the paper and the authors' code:
+
+* The entropy bonus 0.001 is on by default as in the code, though not part of the loss as presented
+  (``entropy_coef: 0`` for the paper's loss).
+* A training prompt missing from the stage-1 table is an error before any work starts (the code builds ``V*``
+  from dataset columns, so it cannot be missing there).
 """
 
 from __future__ import annotations

@@ -51,8 +51,10 @@ Code behaviours followed, some of which the paper does not state:
 * Both taus 0 computes nothing and never updates the optimiser model (the code's ``curvature_masking``):
   CAPO is then GRPO exactly.
 
-Departures:
+Where rlvr departs from the paper and the authors' code (the code's rule is the default throughout; the two
+departures from the paper are in the list above: small ``|dJ|`` kept, and the sampled-action Fisher form):
 
+* ``top_k`` 50 is transformers' default generation ``top_k``, which is what the authors' code reads.
 * Temperature: the authors' training forward never divides the logits by the sampling temperature; rlvr's
   learner does, so ``g`` and ``u`` carry ``1/T`` and are the exact derivatives of rlvr's loss. Same at T = 1.
 * The curvature is computed in fp32 (fp64 for fp64 inputs), with the k selected logits recomputed in that

@@ -12,8 +12,18 @@ the global term. ``mode`` picks ``w~`` (:func:`copo_advantages`); the default
 
 Defaults are the authors' ``verl/run_copo.sh``: k=5, b=1, clip 0.2/0.2, dual clip 3, seq-mean-token-mean,
 no KL. The reward must return the extracted answer of each response (``math_answer`` returns it as
-``extracted``); the consistency coefficient ``(1 - lambda H)`` on the global reward is off in every
-released script and not implemented.
+``extracted``).
+
+Where rlvr departs from the paper and the authors' code:
+
+* The defaults are ``verl/run_copo.sh``'s (k 5, b 1, ``soft with zero``); the code's function defaults are k 1,
+  b 0.5.
+* The hyphenated mode names the script passes (``soft-with-zero``, which the code itself rejects) are accepted as
+  the spaced ones.
+* The consistency coefficient ``R_glob *= 1 - lambda H(q)`` (``reward_coef_flg``) is off in every released
+  script and not implemented.
+* The answer entropy uses exact ``log2`` (the code: ``log2(p + 1e-8)``); a batch of one prompt, or equal
+  accuracies everywhere, gives a global advantage of 0.
 """
 
 from __future__ import annotations

@@ -8,14 +8,23 @@ Three changes to GRPO/DAPO:
   (:func:`dcpo_ratio_bounds`).
 * Smooth advantage standardisation: per-prompt reward statistics kept across steps (keyed by the stable
   prompt id) blend the current group's standardised reward with the all-appearances one
-  (:func:`dcpo_smooth_advantages`). On by default, as the paper describes; the
-  released scripts leave it off (``use_old_mean.enable=False``): set ``smooth_advantages: false`` for that.
-  The statistics are saved in checkpoints and restored by ``--resume``.
-* OTM aggregation: ``seq-mean-token-sum`` (the paper's definition; the code switched to ``token-mean``
-  in Dec 2025: set ``loss_agg: token-mean`` for it).
+  (:func:`dcpo_smooth_advantages`).
+* OTM aggregation: ``seq-mean-token-sum``.
 
 Defaults are the authors' ``recipe/dcpo/run_dcpo.sh``: eps 0.2 / 0.28, c = 10, no KL, no entropy bonus.
-Departure: a prompt that appears twice within one step updates its statistics once per group, in order.
+
+Where rlvr departs from the paper and the authors' code:
+
+* SAS is on by default, as the paper describes; the released scripts leave it off
+  (``reward_model.use_old_mean.enable=False``), so for them set ``smooth_advantages: false``. This is the one
+  default that follows the paper rather than the code.
+* OTM is the paper's ``seq-mean-token-sum``, which produced the published results; the code switched to a token
+  mean in Dec 2025 (``loss_agg: token-mean`` for it).
+* ``bound_cap`` is an option of its own, default 10; the code caps at ``max(clip_ratio_c, 10)``, so with a
+  ``dual_clip`` above 10 set ``bound_cap`` to the same value to match it.
+* A token whose old probability underflowed to 0 gets bounds ``[0.5, bound_cap]`` (the code: ``r_low = 1``).
+* A prompt that appears twice within one step updates its statistics once per group, in order. The statistics
+  are saved in checkpoints and restored by ``--resume``; prompts are keyed by their dataset id.
 """
 
 from __future__ import annotations

@@ -9,8 +9,17 @@ Authors' code (Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR, verl fork, ``get_global_
 exact top-k, ``k = ceil(rho * valid tokens)``, within each micro-batch, with the loss normalised by the
 kept tokens. Options: ``entropy_mask_scope: mini-batch`` ranks over the whole mini-batch (the paper's
 "batch"; costs one no-grad forward per mini-batch) and ``entropy_mask_denominator: all`` normalises by
-all valid tokens (TRL's ``top_entropy_quantile``). Only the PG term is masked; the KL and entropy terms
-keep every token. Entropies come from the current policy at the mini-batch's start.
+all valid tokens (TRL's ``top_entropy_quantile``).
+
+Where rlvr departs from the paper and the authors' code:
+
+* The code ranks within each per-GPU micro-batch; rlvr's ``micro-batch`` scope is its learner micro-batch
+  (``learner.micro_batch_size`` rows), so the scope changes with that setting.
+* Ties at the threshold go to the earlier position (the code's top-k leaves them unspecified; TRL keeps every
+  token ``>=`` the quantile, which can keep more).
+* Only the PG term is masked: the KL and entropy terms keep every token.
+* Entropies come from the policy as it is at the start of the mini-batch (the code: likewise the current policy,
+  not the behaviour policy).
 """
 
 from __future__ import annotations

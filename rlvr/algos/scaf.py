@@ -10,7 +10,7 @@ on-policy variant; the off-policy ``pi(o|q) / pi_old(o|q (+) h*)`` destabilises 
 A rescued binary group of 8 is 1 correct / 7 wrong; a group with no successful hint stays all-fail
 (zero advantage).
 
-Defaults and departures:
+Defaults, and where rlvr departs from the paper and the authors' code:
 
 * Exemption: the first ``exemption_frac`` = 15% of ``trainer.total_steps`` (paper; the released code uses a
   fixed ``warmup_steps=50``: set ``exemption_steps: 50``).
@@ -23,6 +23,9 @@ Defaults and departures:
 * Replaced row: the first of the group (code; ``replace_row: random`` for the paper's random failed one).
 * Hint prompt: ``Question: {problem}\\n{Tier} Hints: {levels joined by spaces}`` inside the recipe's
   template (the code's ``build_new_message``, whose system prompt is the ``qwen-boxed`` template's).
+* Hinted samples count in ``tokens/generated`` and ``reward/errors`` but not in the step's ``reward/*`` accuracy,
+  which describes the plain prompts. ``dynamic_sampling`` cannot be combined with Scaf-GRPO (it would drop the
+  groups Scaf-GRPO rescues).
 
 Hints come from the dataset (``hints: fields``: the columns of HF ``hkuzxc/scaf-grpo-dataset``, lists of
 four items per tier), from the tiny arithmetic task (``hints: arithmetic``,

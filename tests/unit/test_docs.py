@@ -37,3 +37,18 @@ def test_every_algorithm_and_recipe_option_is_in_the_docs():
             if key != "early_rejection":
                 assert f"| `{prefix}.{key}` |" in configuration and (field.description or "")[:40] in configuration
     assert "`clip_eps_low: 0.0003`" in algorithms  # GSPO's own clip, read from its options model
+
+
+def test_each_departures_link_reaches_a_docstring_that_lists_them():
+    """docs/algorithms.md links each algorithm's departures from its paper to the module that implements it; the
+    list itself lives in that module's docstring, written once."""
+    import ast
+    import re
+
+    algorithms = (ROOT / "docs" / "algorithms.md").read_text()
+    links = re.findall(r"Where rlvr departs from the paper and the authors' code: listed in the module docstring of\n"
+                       r"\[`([^`]+)`\]", algorithms)
+    assert len(links) >= 9
+    for path in set(links):
+        docstring = ast.get_docstring(ast.parse((ROOT / path).read_text()))
+        assert "where rlvr departs from the paper" in docstring.lower(), path

@@ -9,6 +9,19 @@
   ``max_completion_length``; verl divides by the padded length unless ``loss_scale_factor`` is set).
 * DAPO (Yu et al. 2025): clip-higher (0.2 / 0.28), dual clip 10, ``token-mean`` over the mini-batch, dynamic
   sampling (drop all-equal groups, sample more) and overlong reward shaping, no KL.
+
+Where rlvr departs from the papers and the authors' code:
+
+* GRPO: the defaults are verl's, not the paper's. The paper aggregates ``seq-mean-token-mean`` and keeps a k3 KL
+  in the loss with beta 0.04 (G 64, lr 1e-6, one update per batch); verl (and so ``grpo``) uses ``token-mean``, no
+  KL, and a dual clip of 3. For the paper: ``loss_agg: seq-mean-token-mean``, ``kl_coef: 0.04``,
+  ``kl_estimator: k3``. The std epsilon is verl's 1e-6 (TRL: 1e-4, ``adv_eps``).
+* Dr.GRPO: ``L_max`` defaults to the response limit, as the authors' code (``generate_max_length``) and TRL
+  (``max_completion_length``) do; verl divides by the padded length of each batch unless ``loss_scale_factor``
+  is set, which varies between batches. The clip settings are the shared (verl) ones.
+* DAPO: dynamic sampling samples rounds of ``data.batch_size`` prompts and, when its rounds run out, trains on
+  the groups that survived where verl raises (:func:`rlvr.algos.filters.dynamic_sampling`). The overlong buffer
+  defaults to a fifth of the response limit instead of 4096 tokens.
 """
 
 from __future__ import annotations

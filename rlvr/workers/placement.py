@@ -184,13 +184,13 @@ class Workers:
                 data, model_dir, threads, rank, ranks, colocated and (plan.engine_gpus or rank == 0), plan.road)
             for rank in range(ranks)
         ]
-        master_addr, master_port = ray.get(learners[0].address.remote())
-        copies = _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
         if colocated:
             rollouts = learners if plan.engine_gpus else learners[:1]
-        else:
+        else:  # started before the learners load, so that both load their models at once
             rollouts = [RolloutActor.options(**_rollout_options(plan, groups, k)).remote(
                 data, model_dir, threads, plan.road, k) for k in range(plan.num_engines)]
+        master_addr, master_port = ray.get(learners[0].address.remote())
+        copies = _get_all([learner.setup.remote(master_addr, master_port) for learner in learners])
         workers = cls(learners, rollouts, colocated=colocated, road=plan.road, placement_groups=groups,
                       refresh_engine=colocated and copies[0])
         if plan.road in BACKENDS:

@@ -44,7 +44,8 @@ def tokens(completions) -> list[list[int]]:
 def learner_greedy(run: Trainer, prompts: list[list[int]]) -> list[list[int]]:
     """Greedy outputs of the learner's current weights, from a Hugging Face engine in this process."""
     model = load_model(run.model_dir, "float32").cuda().eval()
-    load_named_arrays(model, ray.get(run.workers.learner.weights.remote()))
+    arrays, _peak = ray.get(run.workers.learner.weights.remote())  # every step call answers with its peak memory
+    load_named_arrays(model, arrays)
     return tokens(HFEngine(model, run.tokenizer).generate(prompts, GREEDY))
 
 

@@ -31,6 +31,7 @@ from rlvr.rollout.early_rejection import EarlyRejection, EarlyRejectionRollout, 
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.prm import load_scorer
 from rlvr.rollout.sampler import Sampler
+from rlvr.runlock import RunLock
 from rlvr.workers.placement import StagedBatch, Workers, check_environment, start_ray
 
 log = logging.getLogger("rlvr")
@@ -67,8 +68,19 @@ class Trainer:
 
     # -- setup and teardown ------------------------------------------------------------------------
     def __enter__(self) -> Trainer:
+        check_environment(self.recipe)  # a vLLM run on a machine without vLLM or GPUs stops here, before any work
+        self.lock = RunLock(self.run_dir) if self.training else None
+        if self.lock is not None:
+            self.lock.acquire()  # a second run into a live run's directory stops here
+        try:
+            return self._enter()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _enter(self) -> Trainer:
         recipe, cfg = self.recipe, self.recipe.trainer
-        check_environment(recipe)  # a vLLM run on a machine without vLLM or GPUs stops here, before any work
         existing = checkpoint.latest(self.run_dir) if self.training else None
         if self.training:
             self.metrics = MetricsLog(self.run_dir)
@@ -121,6 +133,8 @@ class Trainer:
             self.pool.close()
         if getattr(self, "eval_pool", None) is not None:
             self.eval_pool.close()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:

@@ -205,9 +205,11 @@ class Workers:
         :meth:`peak_memory`."""
         replies = _get_all([ref for _, ref in calls])
         for (actor, _), (_, peak) in zip(calls, replies):
-            key = id(actor)
-            self.peaks[key] = max(self.peaks.get(key, 0), peak)
+            self._keep_peak(actor, peak)
         return [value for value, _ in replies]
+
+    def _keep_peak(self, actor: ray.actor.ActorHandle, peak: int) -> None:
+        self.peaks[id(actor)] = max(self.peaks.get(id(actor), 0), peak)
 
     def _on_learners(self, method: str, *args: object) -> Any:
         """``method(*args)`` on every rank at once; rank 0's answer."""
@@ -278,10 +280,8 @@ class Workers:
             # num_returns=2: the arrays stay in the object store for the rollout workers, the peak comes here.
             gathered = [learner.weights.options(num_returns=2).remote() for learner in self.learners]  # ZeRO-3: all
             loads = [(worker, worker.load_weights.remote(gathered[0][0])) for worker in self.rollouts]
-            peaks = ray.get([peak for _, peak in gathered])
-            for learner, peak in zip(self.learners, peaks):
-                key = id(learner)
-                self.peaks[key] = max(self.peaks.get(key, 0), peak)
+            for learner, peak in zip(self.learners, ray.get([peak for _, peak in gathered])):
+                self._keep_peak(learner, peak)
             self.last_sync_bytes = self._gather(loads)[0]
         return time.perf_counter() - started
 

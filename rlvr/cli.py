@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from rlvr.config import RecipeError, load_recipe
 
@@ -18,7 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="train a recipe")
     train.add_argument("recipe", help="a recipe YAML, e.g. recipes/tiny/grpo.yaml")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. learner.lr=2e-6")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint, with the "
+                       "recipe it was trained with (anywhere on the command line)")
+    train.add_argument("--allow-recipe-change", action="store_true", help="with --resume: go on although the recipe "
+                       "changes what is trained (both recipes are kept in the run directory)")
 
     prepare = commands.add_parser("prepare", help="run an offline stage before training (astar: A*-PO's V* table)")
     prepare.add_argument("stage", help="the stage: astar")
@@ -32,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("what", choices=["algorithms", "rewards", "benchmarks", "templates", "engines",
                                                  "learners"])
 
-    args = parser.parse_args(argv)
+    # Overrides may follow the flags too (`rlvr train r.yaml --resume trainer.total_steps=8`): argparse's positional
+    # list ends at the first flag, so the rest come back unparsed and join it here.
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "overrides", None) is not None and all("=" in x and not x.startswith("-") for x in rest):
+        args.overrides += rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "list":
         return _list(args.what)
@@ -46,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlvr: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rlvr.runlock import RunDirUnwritable, RunInUse, RunLock
+
+    try:
+        if args.command == "train":
+            RunLock(Path(recipe.trainer.output_dir)).check()  # a live run's directory: say so before the imports
+    except RunInUse as error:
+        print(f"rlvr: {error}", file=sys.stderr)
+        return 2
+    from rlvr.checkpoint import CheckpointError
+    from rlvr.guards import RunStopped
     from rlvr.trainer import train as run_training
 
     try:
@@ -54,10 +74,23 @@ def main(argv: list[str] | None = None) -> int:
 
             prepare(args.stage, recipe)
         else:
-            run_training(recipe, resume=args.resume)
-    except (FileExistsError, ValueError) as error:
+            run_training(recipe, resume=args.resume, allow_recipe_change=args.allow_recipe_change)
+    except (FileExistsError, ValueError, RunDirUnwritable) as error:
         print(f"rlvr: {error}", file=sys.stderr)
         return 2
+    except RunStopped as error:
+        print(f"rlvr: {error}", file=sys.stderr)
+        return error.exit_code
+    except CheckpointError as error:
+        print(f"rlvr: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run's steps began
+        from rlvr import checkpoint
+
+        last = checkpoint.latest(Path(recipe.trainer.output_dir))
+        print(f"rlvr: stopped at once; {f'the last checkpoint is {last}' if last else 'no checkpoint was written'}",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -7,6 +7,7 @@ any work starts.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -83,6 +84,11 @@ class DataConfig(Section):
         "chat template; qwen-boxed adds its system prompt only where they have none (rlvr.data.prompts.render).")
     batch_size: int = Field(32, ge=1, description="Prompts per step (each sampled rollout.n times).")
     shuffle: bool = Field(True, description="Shuffle the training prompts each epoch (seeded by trainer.seed).")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="A row that cannot be a prompt (a missing or null problem/answer field, an empty problem, "
+        "an answer not in data.answer_format, an id an earlier row has): 'error' stops the run naming the file and "
+        "line (a table's row index); 'skip' leaves such rows out, counted in one warning that shows the first few. "
+        "A file that is not UTF-8 or not JSON always stops the run.")
 
     @field_validator("template")
     @classmethod
@@ -160,6 +166,27 @@ class RolloutConfig(Section):
         return value
 
 
+class RewardLimitsConfig(Section):
+    """Resource limits (setrlimit) of each reward process and every process it starts (rlvr.rewards.sandbox)."""
+
+    memory_mb: int | None = Field(4096, ge=1, description="Private writable memory a reward process may map "
+                                  "(heap, anonymous mappings, thread stacks: RLIMIT_DATA), in MiB; past it an "
+                                  "allocation fails, the call scores failure_score ('memory limit: ...') and its "
+                                  "process is replaced. math_answer needs ~60 MiB, importing torch ~250 MiB. "
+                                  "null: no limit.")
+    cpu_s: int | None = Field(None, ge=1, description="CPU seconds one call may use, all its threads together "
+                              "(RLIMIT_CPU, re-armed before each call); past it the kernel stops the process "
+                              "('cpu limit: ...'). timeout_s bounds wall time already; this bounds multi-threaded "
+                              "rewards. null: no limit.")
+    file_size_mb: int | None = Field(None, ge=1, description="Largest file a reward process may write, in MiB "
+                                     "(RLIMIT_FSIZE; 'file size limit: ...'). It also holds for a stdout or stderr "
+                                     "inherited from the run that is a file, so a run logging to a file larger "
+                                     "than this would lose the reward's output. null: no limit.")
+    processes: int | None = Field(None, ge=1, description="Processes and threads the run's user may have, counted "
+                                  "over all of that user's processes, the run's included (RLIMIT_NPROC); a fork "
+                                  "past it fails. Not enforced for root. null: no limit.")
+
+
 class RewardConfig(Section):
     function: str = Field("math_answer", description="A registered reward name (rlvr list rewards) or an "
                           "importable 'module:function' with fn(completion, answer, **fields) -> float | dict.")
@@ -168,8 +195,25 @@ class RewardConfig(Section):
     failure_score: float = Field(0.0, description="Score of a call that raises, times out, or returns NaN or "
                                  "a non-number; such calls are counted in reward/errors.")
     num_workers: int = Field(2, ge=1, description="Reward processes.")
+    spare_workers: int = Field(1, ge=0, description="Reward processes kept started and idle beside num_workers; "
+                               "one takes the place of a process killed for a timeout, a crash or a limit at "
+                               "once, so that call costs its timeout and not a process start.")
     correct_threshold: float = Field(1.0, description="A row counts as correct (reward/accuracy) when its "
                                      "score is at least this.")
+    limits: RewardLimitsConfig = Field(RewardLimitsConfig(), description="Resource limits of each reward process.")
+    env: list[str] = Field(default_factory=list, description="Names of environment variables reward processes get "
+                           "from the run (an API key the reward needs). Otherwise they start with PATH, HOME, "
+                           "locale, Python and Hugging Face settings only, and TMPDIR set to their own directory.")
+    network: bool = Field(True, description="false: each reward process runs in a user and network namespace of "
+                          "its own, whose only interface is a loopback that is down: it can open no connection (not "
+                          "even to the run's localhost), nor read the run's /proc/<pid>/environ. Needs user "
+                          "namespaces (or root: then a network namespace only, which hides nothing in /proc); "
+                          "where the system has neither, the run stops at start saying so.")
+    writes: Literal["anywhere", "temp_dir"] = Field("anywhere", description="Where reward processes may create, "
+                                                    "change or remove files: anywhere the run may, or only in "
+                                                    "their own temporary directory (and /dev/null), enforced by "
+                                                    "Landlock (Linux 5.13+; without it the run stops at start "
+                                                    "saying so). Reading is never restricted.")
 
 
 def _algorithm_options(value: Any) -> Any:
@@ -253,6 +297,27 @@ class PlacementConfig(Section):
                                   "on each side while weights move.")
 
 
+class GuardsConfig(Section):
+    """When a run stops on its own (exit code 3), its last good checkpoint kept: docs/failures.md."""
+
+    enabled: bool = Field(True, description="Stop a run that diverges or whose reward is broken (each check below); "
+                          "false: only warn. A checkpoint of non-finite weights is never written either way.")
+    nonfinite_steps: int = Field(3, ge=1, description="Stop after K RL steps in a row whose loss or gradient norm was "
+                                 "non-finite (their optimizer steps skipped).")
+    max_weight_growth: float | None = Field(1.5, gt=1.0, description="Stop when one RL step's update multiplies "
+                                            "the weights' norm by more than this (runaway weights: a learning "
+                                            "rate far too high); null: no check.")
+    reward_error_frac: float | None = Field(0.5, gt=0.0, le=1.0, description="Stop when more than this fraction "
+                                            "of a step's reward calls fail (raise, time out, crash) for "
+                                            "reward_error_steps steps in a row; null: no check.")
+    reward_error_steps: int = Field(3, ge=1, description="Steps in a row for reward_error_frac.")
+    collapse_frac: float | None = Field(0.1, gt=0.0, lt=1.0, description="Stop when held-out accuracy, or the "
+                                        "mean reward over collapse_steps steps, falls below this fraction of its "
+                                        "value at the start of the run (when that was above 0); null: no check.")
+    collapse_steps: int = Field(5, ge=1, description="Steps the mean reward of collapse_frac is taken over (the "
+                                "start: the run's first collapse_steps steps).")
+
+
 class TrainerConfig(Section):
     total_steps: int = Field(100, ge=1, description="RL steps (one rollout batch each).")
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0: only at the end).")
@@ -266,6 +331,10 @@ class TrainerConfig(Section):
     heldout_greedy: bool = Field(True, description="Also log greedy accuracy (heldout/accuracy_greedy).")
     heldout_max_new_tokens: int | None = Field(None, ge=1, description="Default: rollout.max_new_tokens.")
     progress: bool = Field(True, description="Show the live progress bar.")
+    save_on_signal: bool = Field(True, description="On Ctrl-C (SIGINT) or SIGTERM, finish the current step, write "
+                                 "its checkpoint, and say how to resume (exit code 130 / 143); a second signal "
+                                 "stops at once.")
+    guards: GuardsConfig = GuardsConfig()
 
 
 class EvalConfig(EvalSampling):
@@ -456,3 +525,34 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+# What a resumed run may change without --allow-recipe-change: how long it goes on, what it measures and records,
+# where it runs. Anything else changes what is trained (docs/failures.md).
+RESUME_SAFE = ("trainer.total_steps", "trainer.save_every", "trainer.keep_checkpoints", "trainer.output_dir",
+               "trainer.progress", "trainer.save_on_signal", "trainer.guards.*", "trainer.heldout_*", "data.heldout*",
+               "eval.*", "reward.num_workers", "placement.ray_address", "placement.num_cpus",
+               "placement.object_store_mb", "placement.num_threads")
+
+
+def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
+    """Every field whose value differs between two recipes, as ``{"rollout.n": (old, new)}``."""
+    before, after = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    missing = object()
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key, missing) != after.get(key, missing)}
+
+
+def resume_safe(key: str) -> bool:
+    """Whether a resumed run may change the field ``key`` (:data:`RESUME_SAFE`) without ``--allow-recipe-change``."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -20,6 +20,10 @@ class RunInUse(FileExistsError):
     """Another live run owns the output directory."""
 
 
+class RunDirUnwritable(PermissionError):
+    """The output directory cannot be created or written (read-only file system, permissions, disk full)."""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -39,20 +43,33 @@ class RunLock:
 
     def acquire(self) -> None:
         """Takes the lock, or raises :class:`RunInUse` naming the run that holds it."""
-        self.made_dir = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as file:
-                json.dump(self.mine, file)
-            return
+        try:
+            self.made_dir = not self.path.parent.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    self._take_over_if_stale()
+                    continue
+                with os.fdopen(fd, "w") as file:
+                    json.dump(self.mine, file)
+                return
+        except RunInUse:
+            raise
+        except OSError as error:  # read-only, no permission, a file where the directory should be
+            raise RunDirUnwritable(f"cannot write the run directory {self.path.parent}: "
+                                   f"{error.strerror or error} ({error.filename or self.path}); set "
+                                   "trainer.output_dir to a directory this user can write") from None
         raise RunInUse(f"{self.path.parent} is being taken by another run at this moment; try again")
 
-    def _take_over_if_stale(self) -> None:
+    def check(self) -> None:
+        """Raises :class:`RunInUse` when a live run (or one on another host) holds the lock; takes nothing. The
+        command line asks this before its heavy imports, so a second run fails within a second."""
+        if self.path.exists():
+            self._take_over_if_stale(dry_run=True)
+
+    def _take_over_if_stale(self, dry_run: bool = False) -> None:
         try:
             holder = json.loads(self.path.read_text())
             pid, host, started = int(holder["pid"]), str(holder["host"]), holder.get("started", "?")
@@ -66,6 +83,8 @@ class RunLock:
             raise RunInUse(f"{self.path.parent} belongs to a live run (pid {pid} on this host, started {started}); "
                            "two runs in one directory would mix their metrics and overwrite each other's "
                            "checkpoints. Use another trainer.output_dir, or stop that run first")
+        if dry_run:
+            return
         log.warning("%s: taking over the lock of a run that is gone (pid %s, started %s)", self.path.parent, pid,
                     started)
         self.path.unlink(missing_ok=True)

@@ -16,11 +16,12 @@ import torch
 from rlvr import algos, checkpoint
 from rlvr.algos.algorithm import RolloutSource
 from rlvr.batch import RolloutBatch, concat_batches
-from rlvr.config import Recipe, dump_recipe
+from rlvr.config import Recipe, RecipeError, dump_recipe, load_recipe, recipe_changes, resume_safe
 from rlvr.data.prompts import Prompt, PromptStream, load_prompts
 from rlvr.eval.benchmarks import load_benchmarks
 from rlvr.eval.runner import evaluate
 from rlvr.eval.settings import EvalSampling, EvalSettings
+from rlvr.guards import Diverged, Guards, Interrupted, Signals, unsafe_weights
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
 from rlvr.models.loading import load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
@@ -39,20 +40,30 @@ log = logging.getLogger("rlvr")
 NO_SIGNAL_WARN_AFTER = 3  # steps in a row without signal before the (one) warning
 
 
-def train(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
-    """Run ``recipe`` to ``trainer.total_steps``; with ``resume``, continue from the latest checkpoint."""
-    with Trainer(recipe, resume) as run:
+def train(recipe: Recipe, resume: bool = False, allow_recipe_change: bool = False) -> dict[str, Any]:
+    """Run ``recipe`` to ``trainer.total_steps``; with ``resume``, continue from the latest checkpoint (with the
+    recipe it was trained with, unless ``allow_recipe_change``). Raises :class:`~rlvr.guards.Diverged` when a guard
+    stops the run and :class:`~rlvr.guards.Interrupted` after a SIGINT / SIGTERM, the checkpoint written."""
+    cfg = recipe.trainer
+    with Trainer(recipe, resume, allow_recipe_change=allow_recipe_change) as run, Signals() as signals:
         if run.step == 0:
             run.log({"step": 0, **run.heldout(), **run.evaluate(0)})
-        every = recipe.trainer.heldout_every
-        for step in range(run.step + 1, recipe.trainer.total_steps + 1):
+        for step in range(run.step + 1, cfg.total_steps + 1):
+            if signals.received:  # during the step-0 measurements or setup: nothing new to save
+                raise run.interrupted(signals.received, saved=None)
             row = run.train_step(step)
-            if step == recipe.trainer.total_steps or (every and step % every == 0):
+            if step == cfg.total_steps or (cfg.heldout_every and step % cfg.heldout_every == 0):
                 row.update(run.heldout())
             row.update(run.evaluate(step))
-            run.log(row)
-            if step == recipe.trainer.total_steps or (recipe.trainer.save_every and step % recipe.trainer.save_every == 0):
-                run.save(step)
+            stop = run.guards.check(row)
+            if stop:
+                run.log(row)
+                raise Diverged(f"{stop}. {run.last_checkpoint_text()}")
+            due = step == cfg.total_steps or (cfg.save_every and step % cfg.save_every == 0)
+            saved = run.save(step, row) if due or (signals.received and cfg.save_on_signal) else None
+            run.log(row)  # after its checkpoint: a failed save leaves no row of a step the resume will redo
+            if signals.received and step < cfg.total_steps:
+                raise run.interrupted(signals.received, saved)
         return run.summary()
 
 
@@ -60,8 +71,9 @@ class Trainer:
     """The parts of a run. ``training=False`` gives the sampling parts only (workers with the initial
     policy, prompts, reward pool) for offline stages such as ``rlvr prepare astar``: no run directory."""
 
-    def __init__(self, recipe: Recipe, resume: bool = False, training: bool = True):
+    def __init__(self, recipe: Recipe, resume: bool = False, training: bool = True, allow_recipe_change: bool = False):
         self.recipe, self.resume, self.training = recipe, resume, training
+        self.allow_recipe_change = allow_recipe_change
         self.run_dir = Path(recipe.trainer.output_dir)
         self.step = 0
         self.no_signal_streak, self.warned_no_signal = 0, False  # steps skipped in a row for want of signal
@@ -87,29 +99,33 @@ class Trainer:
             if not self.resume and (existing or self.metrics.rows()):
                 raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
                                       "trainer.output_dir to a new directory")
+            if self.resume and not (existing or self.metrics.rows() or checkpoint.recipe_files(self.run_dir)):
+                raise NothingToResume(f"--resume: {self.run_dir} holds no run (no checkpoint, metrics.jsonl or "
+                                      "config.yaml); leave out --resume to start a new run there")
+            changes = self._recipe_changes(existing) if self.resume and existing else {}
         # Fail on bad data, side tables or reward specs before anything expensive starts.
         data = recipe.data
         self.prompts = load_prompts(data.train, data.problem_key, data.answer_key, data.train_size, seed=cfg.seed,
-                                    answer_format=data.answer_format)
+                                    answer_format=data.answer_format, on_bad_rows=data.on_bad_rows)
         self.heldout_prompts = (
             load_prompts(data.heldout, data.problem_key, data.answer_key, data.heldout_size,
-                         answer_format=data.answer_format)
+                         answer_format=data.answer_format, on_bad_rows=data.on_bad_rows)
             if data.heldout and self.training else []
         )
         self.eval_benchmarks = (load_benchmarks(recipe.eval.benchmarks, recipe.eval.data_dir, recipe.eval.limit)
                                 if recipe.eval.benchmarks and self.training else {})
         self.eval_pool: RewardPool | None = None
         self.algorithm = algos.from_recipe(recipe)
+        self.model_dir = resolve_model_path(recipe.model.path)  # a missing local path stops here, naming it
         if self.training:
             self.prompts = self.algorithm.prepare_prompts(self.prompts, recipe)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_recipe(recipe))
+            resumed_at = checkpoint.read_state(existing)["step"] if self.resume and existing else None
+            checkpoint.record_recipe(self.run_dir, dump_recipe(recipe), resumed_at, changed=bool(changes))
         self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
         early = recipe.rollout.early_rejection
         scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
-        self.pool = RewardPool(recipe.reward.function, recipe.reward.num_workers, recipe.reward.timeout_s,
-                               recipe.reward.failure_score)
-        self.model_dir = resolve_model_path(recipe.model.path)
+        self.pool = RewardPool.from_config(recipe.reward)
         self.tokenizer = load_tokenizer(self.model_dir)
         start_ray(recipe)
         self.workers = Workers.create(recipe, self.model_dir)
@@ -121,6 +137,8 @@ class Trainer:
         elif self.resume:  # killed before its first checkpoint: start over rather than append to it
             self.metrics.keep_until(-1)
         self.workers.sync_weights()
+        if self.training:
+            self.guards = Guards(cfg.guards, self.metrics.rows())  # a resumed run goes on with the same streaks
         self.bar = ProgressBar(cfg.total_steps, self.step, cfg.progress and self.training)
         return self
 
@@ -265,14 +283,67 @@ class Trainer:
         else:
             log.info(message)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, row: dict[str, Any]) -> Path | None:
+        """Checkpoint ``step`` (whose metrics are ``row``), unless its weights are not fit to keep
+        (:func:`rlvr.guards.unsafe_weights`). A failed write (disk full, read-only) removes the partial checkpoint
+        and raises :class:`~rlvr.checkpoint.CheckpointError`, which names the path and the free space."""
+        unsafe = unsafe_weights(row, self.recipe.trainer.guards)
+        if unsafe:
+            log.warning("step %d: no checkpoint written, since %s. %s", step, unsafe, self.last_checkpoint_text())
+            return None
         staging = checkpoint.staging_dir(self.run_dir, step)
-        learner_side = self.workers.save(str(staging))
-        self.tokenizer.save_pretrained(staging)
-        # The algorithm's state, both halves in one file: its driver-side parts' and its learner-side parts'.
-        torch.save({"driver": self.algorithm.state_dict(), "learner": learner_side}, staging / "algorithm_state.pt")
-        state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
-        checkpoint.commit(self.run_dir, step, staging, state, self.recipe.trainer.keep_checkpoints)
+        try:
+            learner_side = self.workers.save(str(staging))
+            self.tokenizer.save_pretrained(staging)
+            # The algorithm's state, both halves in one file: its driver-side parts' and its learner-side parts'.
+            torch.save({"driver": self.algorithm.state_dict(), "learner": learner_side},
+                       staging / "algorithm_state.pt")
+            state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
+            return checkpoint.commit(self.run_dir, step, staging, state, self.recipe.trainer.keep_checkpoints)
+        except Exception as error:
+            raise checkpoint.write_error(self.run_dir, step, staging, error) from error
+
+    def last_checkpoint_text(self) -> str:
+        last = checkpoint.latest(self.run_dir)
+        if last is None:
+            return "No checkpoint was written before it"
+        return f"The last good checkpoint is {last} (step {checkpoint.read_state(last)['step']})"
+
+    def interrupted(self, signum: int, saved: Path | None) -> Interrupted:
+        """The stop after a SIGINT / SIGTERM, saying what was kept and how to go on."""
+        name = Signals.NAMES.get(signum, f"signal {signum}")
+        done = self.metrics.rows()[-1]["step"] if self.metrics.rows() else 0
+        kept = f"checkpoint written: {saved}" if saved else self.last_checkpoint_text()
+        return Interrupted(f"stopped by {name} after step {done} of {self.recipe.trainer.total_steps}; {kept}. "
+                           "Continue with the same command and --resume", signum)
+
+    def _recipe_changes(self, existing: Path) -> dict[str, tuple[Any, Any]]:
+        """How this run's recipe differs from the one that trained up to ``existing``; raises
+        :class:`RecipeChanged` when a change alters what is trained and ``allow_recipe_change`` is off."""
+        step = checkpoint.read_state(existing)["step"]
+        path = checkpoint.recipe_in_effect(self.run_dir, step)
+        if path is None:
+            log.warning("%s has no config.yaml: the recipe of steps 1-%d is unknown, so the resumed recipe cannot be "
+                        "compared with it", self.run_dir, step)
+            return {"?": (None, None)}
+        try:
+            saved = load_recipe(path)
+        except RecipeError as error:
+            log.warning("%s no longer reads as a recipe (%s); the resumed recipe is not compared with it", path,
+                        str(error).splitlines()[-1])
+            return {"?": (None, None)}
+        changes = recipe_changes(saved, self.recipe)
+        refused = {key: values for key, values in changes.items() if not resume_safe(key)}
+        listed = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in (refused or changes).items())
+        if refused and not self.allow_recipe_change:
+            raise RecipeChanged(
+                f"--resume: the recipe differs from {path} (the one that trained steps 1-{step}) in fields that "
+                f"change what is trained:\n{listed}\nResume with that recipe, or pass --allow-recipe-change to go on "
+                f"with the new values (both recipes are kept: the new one as config.step_{step}.yaml)")
+        if changes:
+            log.warning("resuming at step %d with a changed recipe (kept as config.step_%d.yaml):\n%s", step, step,
+                        listed)
+        return changes
 
     def _restore(self, path: Path) -> None:
         state = checkpoint.read_state(path)
@@ -293,6 +364,14 @@ class Trainer:
             self.bar_write(f"held-out accuracy: {heldout[0]:.1%} before -> {heldout[-1]:.1%} after "
                            f"({out['steps']} steps); run directory {self.run_dir}")
         return out
+
+
+class RecipeChanged(ValueError):
+    """``--resume`` with a recipe that changes what is trained."""
+
+
+class NothingToResume(ValueError):
+    """``--resume`` into a directory that holds no run."""
 
 
 class _Source(RolloutSource):

@@ -13,14 +13,17 @@ them. The answer column may need extracting (:data:`ANSWER_FORMATS`: GSM8K's ``#
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from rlvr.data.sources import DatasetSpec, describe, read_rows
+from rlvr.data.sources import DatasetSpec, describe, read_located_rows
 from rlvr.data.tasks import arithmetic
+
+log = logging.getLogger("rlvr")
 
 # The Qwen2.5-Math chain-of-thought instruction (QwenLM/Qwen2.5-Math evaluation, "qwen25-math-cot", where it
 # is the system prompt); DeepSeek-R1's model card recommends the same sentence inside the user message.
@@ -91,11 +94,23 @@ class Prompt:
         return dataclasses.replace(self, problem=problem, messages=messages)
 
 
+# What load_prompts does with a row that cannot be a prompt (data.on_bad_rows).
+ON_BAD_ROWS = ("error", "skip")
+SKIP_HINT = "set data.on_bad_rows: skip (rlvr eval: --on-bad-rows skip) to leave such rows out"
+
+
 def load_prompts(source: str | DatasetSpec | Mapping[str, Any], problem_key: str = "problem",
                  answer_key: str = "answer", limit: int | None = None, seed: int = 0,
-                 answer_format: str = "raw") -> list[Prompt]:
-    """Every prompt of ``source`` (the first ``limit`` when given). Raises ValueError naming the source, the
-    row and what is wrong, so that bad data stops a run before any model loads."""
+                 answer_format: str = "raw", on_bad_rows: str = "error") -> list[Prompt]:
+    """Every prompt of ``source`` (the first ``limit`` when given).
+
+    A row that cannot be a prompt (a field missing or null, an empty problem, an answer not in
+    ``answer_format``, an id an earlier row has) raises ValueError naming the source, the row (a file's line,
+    a table's row index: :func:`~rlvr.data.sources.read_located_rows`) and what is wrong, so that bad data
+    stops a run before any model loads. ``on_bad_rows="skip"`` leaves such rows out instead (of repeated ids,
+    the first row stays), with one warning that counts them and shows the first few; ``limit`` then counts the
+    prompts kept. A file that is not UTF-8 or not JSON always raises: it is broken, not a row.
+    """
     if isinstance(source, str) and source.startswith("tiny:"):
         split = source.split(":", 1)[1]
         count = limit or (arithmetic.HELDOUT_SIZE if split == "heldout" else 200_000)
@@ -104,23 +119,52 @@ def load_prompts(source: str | DatasetSpec | Mapping[str, Any], problem_key: str
         source = DatasetSpec.parse(dict(source))
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"answer format {answer_format!r} is unknown; use one of {', '.join(ANSWER_FORMATS)}")
-    rows = read_rows(source, limit)
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ValueError(f"on_bad_rows {on_bad_rows!r} is unknown; use one of {', '.join(ON_BAD_ROWS)}")
+    skip = on_bad_rows == "skip"
+    rows = read_located_rows(source, None if skip else limit)
     if not rows:
         raise ValueError(f"{describe(source)} is empty")
-    stem = _id_stem(source)
-    return [_prompt(row, i, f"{describe(source)} row {i}", stem, problem_key, answer_key, answer_format)
-            for i, row in enumerate(rows)]
+    stem, name = _id_stem(source), describe(source)
+    prompts: list[Prompt] = []
+    first_seen: dict[str, str] = {}  # id -> where its first row is
+    skipped: list[str] = []
+    for index, (where, row) in enumerate(rows):
+        try:
+            prompt = _prompt(row, index, f"{name} {where}", stem, problem_key, answer_key, answer_format)
+            if prompt.id in first_seen:
+                raise ValueError(f"{name} {where}: id {prompt.id!r} is the id of {first_seen[prompt.id]} too; ids "
+                                 "must be unique (per-prompt statistics and evaluation results are kept by id)")
+        except ValueError as error:
+            if not skip:
+                raise ValueError(f"{error}; {SKIP_HINT}") from None
+            skipped.append(str(error).removeprefix(f"{name} "))
+            continue
+        first_seen[prompt.id] = where
+        prompts.append(prompt)
+        if limit and len(prompts) == limit:
+            break
+    if skipped:
+        if not prompts:
+            raise ValueError(f"every row of {name} is bad ({len(skipped)} rows); the first: {skipped[0]}")
+        shown = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        log.warning("%s: left out %d bad rows (on_bad_rows: skip), kept %d prompts: %s", name, len(skipped),
+                    len(prompts), shown)
+    return prompts
 
 
 _MISSING = object()
 
 
 def _lookup(row: dict[str, Any], key: str) -> Any:
-    """``row[key]``, following dots into nested records (verl parquet: ``reward_model.ground_truth``)."""
+    """``row[key]``, following dots into nested records (verl parquet: ``reward_model.ground_truth``); None when
+    a record on the way is null, ``_MISSING`` when a key is not there."""
     if key in row:
         return row[key]
     value: Any = row
     for part in key.split("."):
+        if value is None:
+            return None
         if not isinstance(value, dict) or part not in value:
             return _MISSING
         value = value[part]
@@ -141,8 +185,11 @@ def _prompt(row: dict[str, Any], index: int, where: str, stem: str, problem_key:
     for key, option in ((problem_key, "problem_key"), (answer_key, "answer_key")):
         value = _lookup(row, key)
         if value is _MISSING:
-            raise ValueError(f"{where} has no field {key!r}; its fields are {sorted(row)} (set data.{option}; a "
-                             "dotted key such as reward_model.ground_truth reads a nested field)")
+            parent_key = key.rsplit(".", 1)[0]
+            parent = _lookup(row, parent_key) if "." in key else None
+            inner = f"; {parent_key!r} has {sorted(parent)}" if isinstance(parent, dict) else ""
+            raise ValueError(f"{where} has no field {key!r}; its fields are {sorted(row)}{inner} (set "
+                             f"data.{option}; a dotted key such as reward_model.ground_truth reads a nested field)")
         if value is None:
             raise ValueError(f"{where}: {key!r} is null (data.{option})")
     problem, messages = _problem(_lookup(row, problem_key), f"{where}: {problem_key!r}")

@@ -7,12 +7,14 @@ A source is either
 - a :class:`DatasetSpec` ``{path, name, split, data_files}``, with exactly ``datasets.load_dataset``'s
   meaning, except that a directory written by ``save_to_disk`` is read with ``datasets.load_from_disk``.
 
-:func:`read_rows` returns the rows as plain dicts; :mod:`rlvr.data.prompts` turns them into prompts.
-Every failure is a ValueError that names the source and what to do.
+:func:`read_rows` returns the rows as plain dicts, :func:`read_located_rows` each with where it is (a file's
+line, a table's row index); :mod:`rlvr.data.prompts` turns them into prompts. Every failure is a ValueError
+that names the source, the line where there is one, and what to do.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any
@@ -73,37 +75,98 @@ def describe(source: str | DatasetSpec) -> str:
 
 def read_rows(source: str | DatasetSpec, limit: int | None = None) -> list[dict[str, Any]]:
     """The first ``limit`` (default all) rows of ``source``, as dicts."""
+    return [row for _, row in read_located_rows(source, limit)]
+
+
+def read_located_rows(source: str | DatasetSpec, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The first ``limit`` (default all) rows of ``source``, each with where it is, for error messages: ``line N``
+    (the 1-based physical line) in a JSON Lines file, ``record N`` (the index in the array) in a .json file,
+    ``row N`` (the index, as ``table[N]`` reads it) in a parquet file or a ``datasets`` table.
+
+    Files are read as UTF-8, with or without a byte order mark; a byte that is not UTF-8, a line that is not
+    JSON, or a record that is not a JSON object is a ValueError naming the file and the line."""
     if isinstance(source, DatasetSpec):
-        return _read_dataset(source, limit)
+        return _located("row", _read_dataset(source, limit))
     path = Path(source)
     if path.suffix in FILE_SUFFIXES:
         if not path.exists():
             raise ValueError(f"dataset file {source!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"dataset file {source!r} is a directory; name the file, or give the directory as a "
+                             "dataset spec {path: DIR}")
         rows = _read_file(path)
         return rows[:limit] if limit else rows
     repo, _, split = source.partition(":")
-    return _read_dataset(DatasetSpec(path=repo, split=split or None), limit)
+    return _located("row", _read_dataset(DatasetSpec(path=repo, split=split or None), limit))
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _located(kind: str, rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{kind} {index}", row) for index, row in enumerate(rows)]
+
+
+def _read_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.suffix == ".jsonl":
-        rows = []
-        with path.open() as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"dataset file {str(path)!r} line {number} is not JSON: {error}") from None
-        return rows
+        return _read_jsonl(path)
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        return data if isinstance(data, list) else data.get("data", [])
+        text = _utf8(path, path.read_bytes())
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"dataset file {str(path)!r} line {error.lineno} column {error.colno} is not JSON: "
+                             f"{error.msg}") from None
+        records = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else []
+        rows = _located("record", records)
+        for where, row in rows:
+            _check_object(path, where, row)
+        return rows
     try:
+        import pyarrow
         import pyarrow.parquet as pq
     except ImportError:
         raise ValueError(f"reading the parquet file {str(path)!r} needs pyarrow: pip install pyarrow") from None
-    return pq.read_table(path).to_pylist()
+    try:
+        return _located("row", pq.read_table(path).to_pylist())
+    except (OSError, pyarrow.ArrowException) as error:
+        raise ValueError(f"could not read the parquet file {str(path)!r}: {error}") from None
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """One record per physical line (split at \\n only: a U+2028 inside a string is not a line break)."""
+    rows, offset = [], 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = _utf8(path, raw, number, offset)
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"dataset file {str(path)!r} line {number} column {error.colno} is not JSON: "
+                                 f"{error.msg}") from None
+            _check_object(path, f"line {number}", row)
+            rows.append((f"line {number}", row))
+    return rows
+
+
+def _utf8(path: Path, data: bytes, line: int = 1, offset: int = 0) -> str:
+    """``data``, the bytes of ``path`` from byte ``offset`` (on ``line``), as text. A byte order mark at the start
+    of the file is dropped: a file saved "UTF-8 with BOM" is still UTF-8."""
+    start = len(codecs.BOM_UTF8) if offset == 0 and data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = start + error.start
+        line += data.count(b"\n", 0, at)
+        raise ValueError(f"dataset file {str(path)!r} line {line} (byte offset {offset + at}) is not UTF-8: byte "
+                         f"{data[at]:#04x} ({error.reason}). The file must be UTF-8; if it is Latin-1 (Windows-1252, "
+                         f"...), convert it: iconv -f latin1 -t utf-8 {path} > {path.stem}.utf8{path.suffix}") from None
+
+
+def _check_object(path: Path, where: str, row: Any) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"dataset file {str(path)!r} {where} is not a JSON object: each record is one "
+                         f"{{\"id\": ..., \"problem\": ..., \"answer\": ...}} (got {json.dumps(row)[:80]})")
 
 
 def _is_saved(path: Path) -> bool:

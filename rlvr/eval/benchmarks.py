@@ -110,16 +110,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Prompt]:
-    """The first ``limit`` (default all) problems of benchmark ``name``, from the data directory or the hub."""
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                   on_bad_rows: str = "error") -> list[Prompt]:
+    """The first ``limit`` (default all) problems of benchmark ``name``, from the data directory or the hub;
+    ``on_bad_rows`` as :func:`~rlvr.data.prompts.load_prompts` takes it, for the files."""
     check_names([name])
     if is_file_benchmark(name):
-        return load_prompts(name, limit=limit)
+        return load_prompts(name, limit=limit, on_bad_rows=on_bad_rows)
     benchmark, directory = BENCHMARKS[name], resolve_data_dir(data_dir)
     if directory is not None:
         path = directory / benchmark.file
         if path.exists():
-            return load_prompts(str(path), limit=limit)
+            return load_prompts(str(path), limit=limit, on_bad_rows=on_bad_rows)
         log.info("%s: no %s in %s; loading %s from the Hugging Face hub", name, benchmark.file, directory,
                  benchmark.hub)
     rows = _hub_rows(benchmark, directory)
@@ -138,10 +140,10 @@ def _hub_rows(benchmark: Benchmark, directory: Path | None) -> list[dict[str, An
         raise ValueError(f"benchmark {benchmark.name!r}: {error} (from the Hugging Face hub); or {where}") from None
 
 
-def load_benchmarks(names: list[str], data_dir: str | os.PathLike | None = None,
-                    limit: int | None = None) -> dict[str, list[Prompt]]:
+def load_benchmarks(names: list[str], data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                    on_bad_rows: str = "error") -> dict[str, list[Prompt]]:
     """Display name -> problems, for every benchmark in ``names`` (validated together first)."""
     check_names(names)
     resolve_data_dir(data_dir)
-    return {display_name(name): load_benchmark(name, data_dir, limit) for name in names}
+    return {display_name(name): load_benchmark(name, data_dir, limit, on_bad_rows) for name in names}
 

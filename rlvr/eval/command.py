@@ -1,7 +1,8 @@
 """``rlvr eval --model PATH_OR_HF_ID --benchmarks math500,aime24 --n 16 --output DIR [...]``.
 
 Everything a user can get wrong (benchmark names, data files, the template, sampling values, an output
-directory that already holds results) is checked before the model loads. The model is any Hugging Face
+directory that already holds results or is a file, a model path that does not exist) is checked before the
+model loads. The model is any Hugging Face
 causal LM directory or hub id, ``tiny``, or a training checkpoint (``runs/NAME/checkpoints/step_N``).
 """
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default="qwen-boxed", help=f"prompt template: {', '.join(TEMPLATES)}, or a "
                         "format string with a {problem} field (default qwen-boxed)")
     parser.add_argument("--limit", type=int, default=None, help="only the first K problems of each benchmark")
+    parser.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="a benchmark file's row "
+                        "that cannot be a problem (a missing or null field, an empty problem, a repeated id): stop "
+                        "with its line (error, default) or leave it out, counted in a warning (skip)")
     parser.add_argument("--data-dir", default=None, help=f"directory of benchmark .jsonl files (default "
                         f"${DATA_DIR_ENV}; a benchmark missing there loads from the Hugging Face hub)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -79,22 +83,25 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--grader-workers must be >= 1 and --grader-timeout > 0")
         if args.resume and args.overwrite:
             raise ValueError("--resume keeps what is in --output and --overwrite discards it; pass one of them")
-        benchmarks = load_benchmarks(names, args.data_dir, args.limit)
+        benchmarks = load_benchmarks(names, args.data_dir, args.limit, args.on_bad_rows)
         output = Path(args.output)
+        _check_output(output)
         metadata = {"model": args.model, "limit": args.limit,
                     "data_dir": str(resolve_data_dir(args.data_dir) or "") or None}
         if (output / RESULTS_FILE).exists() and not args.overwrite:
             if args.resume:
                 check_resume(output, benchmarks, settings, metadata)  # the engine is checked once it is known
-            elif json.loads((output / RESULTS_FILE).read_text()).get("complete", True):
+            elif _stored_results(output / RESULTS_FILE).get("complete", True):
                 raise ValueError(f"{output / RESULTS_FILE} already exists; pass --overwrite to replace it, or "
                                  "choose another --output")
             else:
                 raise ValueError(f"{output} holds an interrupted evaluation; pass --resume (with the same "
                                  "arguments) to finish it, or --overwrite to start again")
+        from rlvr.models.loading import check_model_path
         from rlvr.rewards.registry import load_function
 
         load_function(settings.reward)
+        check_model_path(args.model)
     except ValueError as error:
         print(f"rlvr eval: {error}", file=sys.stderr)
         return 2
@@ -117,6 +124,29 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"\nwrote {output / RESULTS_FILE} and {output / 'samples.jsonl'}")
     return 0
+
+
+def _check_output(output: Path) -> None:
+    """``--output`` must be a directory, or a path where one can be made: checked now, not after generating."""
+    found = output if output.exists() else next(parent for parent in output.absolute().parents if parent.exists())
+    if not found.is_dir():
+        raise ValueError(f"--output {output}: {found} is a file, not a directory; --output names the directory "
+                         "that results.json and samples.jsonl are written to")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output}: {found} is not writable")
+
+
+def _stored_results(path: Path) -> dict:
+    """The ``results.json`` already in ``--output``; a ValueError saying what to do if it is not one."""
+    try:
+        stored = json.loads(path.read_text())
+        reason = "not a JSON object"
+    except (OSError, ValueError) as error:
+        stored, reason = None, str(error)
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is there but is not an evaluation's results ({reason}); pass --overwrite to "
+                         "replace it, or choose another --output")
+    return stored
 
 
 def _load_engine(args: argparse.Namespace):

@@ -9,6 +9,9 @@ timeout per call), and reports per benchmark, and per subject and level where pr
   ``maj@k`` (majority vote over extracted answers); ``greedy`` when asked; counts of samples, correct
   ones, ones with no extractable answer, truncated ones and grader failures.
 
+A response the grader fails on (an exception, a timeout) counts as wrong; the results count those failures
+(``grader_errors`` in all, and per benchmark) and keep the first message, and :func:`evaluate` warns.
+
 It writes ``samples.jsonl`` (one line per response: benchmark, problem id, prompt, response, extracted
 answer, correct) as it grades, and ``results.json`` (settings and metrics) at the start and after each
 benchmark, to the output directory; :func:`format_table` renders the terminal table.
@@ -89,17 +92,27 @@ def evaluate(generate: GenerateFn, tokenizer, benchmarks: dict[str, list[Prompt]
     out = Path(output_dir) if output_dir is not None else None
     kept = _start_output(out, header, chunks, resume) if out is not None else {}
     results = {**header, "benchmarks": {}, "complete": False,
-               "resumed_samples": sum(len(samples) for samples in kept.values())}
+               "resumed_samples": sum(len(samples) for samples in kept.values()),
+               "grader_errors": 0, "first_grader_error": None}
     own_pool = pool is None
     pool = pool or RewardPool(settings.reward, settings.grader_workers, settings.grader_timeout_s, 0.0)
+    failed: list[str] = []  # the grader's errors, every benchmark's
+    graded = 0
     try:
         for name, samples in _run(generate, tokenizer, chunks, kept, settings, pool, progress, out):
             results["benchmarks"][name] = summarize(benchmarks[name], samples, settings)
+            failed += [s.grader_error for s in samples if s.grader_error is not None]
+            graded += len(samples)
+            results.update(grader_errors=len(failed), first_grader_error=failed[0] if failed else None)
             if out is not None:
                 _write_results(out, results)
     finally:
         if own_pool:
             pool.close()
+    if failed:
+        # A grader that fails scores 0, so a broken reward function reads as a model that is always wrong.
+        log.warning("rlvr eval: the grader (%s) failed on %d of %d responses, which count as wrong; the first "
+                    "error: %s", settings.reward, len(failed), graded, failed[0])
     results["complete"] = True
     results["time_s"] = round(time.perf_counter() - started, 3)
     if out is not None:

@@ -53,7 +53,8 @@ from torch import Tensor
 from rlvr.algos.algorithm import Algorithm
 from rlvr.algos.objective import ADDITIVE_METRICS
 from rlvr.batch import RolloutBatch
-from rlvr.learner.torch import linear_warmup, micro_loss, optimizer_steps, step_metrics
+from rlvr.learner.torch import (linear_warmup, micro_loss, optimizer_steps, recipe_hyperparameters, step_metrics,
+                                weight_metrics, weight_norm)
 from rlvr.memory import LEARNER_MMAP_THRESHOLD
 from rlvr.models.forward import response_logprobs
 from rlvr.models.loading import load_model
@@ -257,14 +258,24 @@ class DeepSpeedLearner:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``epochs`` x mini-batches of optimizer steps on ``batch``, as the torch learner; rank 0 returns
         the step's learner metrics over every rank's tokens, the other ranks ``{}``."""
+        before = self._weight_norm()
         sums, grad_norms, skipped = optimizer_steps(batch, self.recipe.learner, self._optimizer_step)
+        after = self._weight_norm()
         totals: dict[str, float] = defaultdict(float)
         for part in self._gather(dict(sums)) or []:
             for key, value in part.items():
                 totals[key] += value
         if self.rank != 0:
             return {}
-        return step_metrics(totals, grad_norms, skipped, self.scheduler.get_last_lr()[0])
+        return {**step_metrics(totals, grad_norms, skipped, self.scheduler.get_last_lr()[0]),
+                **weight_metrics(before, after)}
+
+    def _weight_norm(self) -> float:
+        """The policy weights' L2 norm (collective: under ZeRO-3 each rank holds a partition, ``ds_tensor``)."""
+        if self.stage < 3:
+            return weight_norm(self.model.parameters())
+        local = weight_norm((getattr(p, "ds_tensor", p) for p in self.model.parameters()), squared=True)
+        return sum(self._gather(local, everywhere=True)) ** 0.5
 
     def _optimizer_step(self, minibatch: RolloutBatch, sums: dict[str, float]) -> tuple[float, bool]:
         """One optimizer step on this rank's pieces of ``minibatch``; adds this rank's share of the metrics
@@ -369,6 +380,7 @@ class DeepSpeedLearner:
                                     load_lr_scheduler_states=False)
         state = torch.load(Path(directory) / "learner_state.pt", weights_only=False)
         self.scheduler.load_state_dict(state["scheduler"])
+        recipe_hyperparameters(self.scheduler, self.recipe.learner)
         self.algorithm.load_state_dict(algorithm_state)
 
     def _gather(self, value: Any, everywhere: bool = False) -> list[Any] | None:

@@ -98,8 +98,10 @@ class TorchLearner:
     # -- update ------------------------------------------------------------------------------------
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``epochs`` x mini-batches of optimizer steps on ``batch``; returns the step's learner metrics."""
+        before = weight_norm(self.model.parameters())
         sums, grad_norms, skipped = optimizer_steps(batch, self.recipe.learner, self._optimizer_step)
-        return step_metrics(sums, grad_norms, skipped, self.scheduler.get_last_lr()[0])
+        return {**step_metrics(sums, grad_norms, skipped, self.scheduler.get_last_lr()[0]),
+                **weight_metrics(before, weight_norm(self.model.parameters()))}
 
     def _optimizer_step(self, minibatch: RolloutBatch, sums: dict[str, float]) -> tuple[float, bool]:
         """Gradient accumulation over ``minibatch``'s micro-batches, then one clipped optimizer step; adds the
@@ -193,6 +195,7 @@ class TorchLearner:
         state = torch.load(Path(directory) / "learner_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        recipe_hyperparameters(self.scheduler, self.recipe.learner)
         self.algorithm.load_state_dict(algorithm_state)
 
 
@@ -244,6 +247,18 @@ def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.
     )
 
 
+def recipe_hyperparameters(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg) -> None:
+    """The recipe's learning rate, betas and weight decay over those a checkpoint's optimizer state brought back
+    (a resume with ``--allow-recipe-change`` may change them; else they are equal), the warm-up's position kept."""
+    optimizer = scheduler.optimizer
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = cfg.lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def optimizer_steps(batch: RolloutBatch, cfg, optimizer_step) -> tuple[dict[str, float], list[float], int]:
     """``cfg.epochs`` passes over ``batch`` in mini-batches of ``cfg.mini_batch_size`` rows (default: all), one
     ``optimizer_step(minibatch, sums) -> (grad_norm, applied)`` each, shared by the torch and DeepSpeed learners.
@@ -268,6 +283,18 @@ def step_metrics(sums: dict[str, float], grad_norms: list[float], skipped: int, 
     out["actor/lr"] = lr
     out["actor/skipped_steps"] = float(skipped)
     return out
+
+
+def weight_norm(parameters, squared: bool = False) -> float:
+    """The L2 norm of all ``parameters`` together (its square with ``squared``), computed in float32."""
+    total = sum(float(torch.linalg.vector_norm(p.detach(), dtype=torch.float32)) ** 2 for p in parameters)
+    return total if squared else total**0.5
+
+
+def weight_metrics(before: float, after: float) -> dict[str, float]:
+    """``actor/weight_norm`` after an RL step's update and ``actor/weight_growth``, its ratio to the norm before:
+    what the runaway-weights guard (``trainer.guards.max_weight_growth``) reads."""
+    return {"actor/weight_norm": after, "actor/weight_growth": after / before if before > 0 else float("nan")}
 
 
 def chunks(n: int, size: int) -> list[list[int]]:

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def quiet_transformers() -> None:
 def resolve_model_path(path: str) -> str:
     """A directory transformers and vLLM load: ``"tiny"`` -> the cached tiny model (built on first use);
     ``"smollm2-135m-instruct"`` or a ``.gguf`` file -> its cached conversion (:func:`ensure_gguf_model`);
-    anything else (a directory, a hub id) unchanged."""
+    a local directory (``~`` expanded) or a hub id as it is. A local path that does not exist is a ValueError
+    (:func:`check_model_path`), not transformers' complaint about hub ids."""
     if path == "tiny":
         from rlvr.models.tiny import ensure_tiny_model
 
@@ -50,7 +52,34 @@ def resolve_model_path(path: str) -> str:
         return str(ensure_gguf_model(smollm2_gguf()))
     if path.endswith(".gguf"):
         return str(ensure_gguf_model(path))
-    return path
+    check_model_path(path)
+    return os.path.expanduser(path)
+
+
+# The shape of a Hugging Face hub id, 'name' or 'org/name' (huggingface_hub's validate_repo_id).
+HUB_ID = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_.-]{1,96}(/[A-Za-z0-9_.-]{1,96})?")
+
+
+def check_model_path(path: str) -> None:
+    """Raise ValueError if ``path`` names a local model that is not there: it does not exist and it reads as a
+    path (it starts with /, ./, ../ or ~, or is not shaped like a hub id's ``org/name``), or its first part is a
+    local directory (``runs/exp1`` where ./runs exists). A built-in name, an existing path, or anything else
+    (a hub id) passes; cheap, so commands call it before any work."""
+    local = Path(path).expanduser()
+    if path in BUILTIN_MODELS or local.exists():
+        return
+    starts_local = path.startswith(("/", "./", "../", "~")) or path in (".", "..")
+    first_part_here = len(local.parts) > 1 and Path(local.parts[0]).is_dir()
+    if HUB_ID.fullmatch(path) and not starts_local and not first_part_here:
+        return
+    # The deepest directory the path names that exists (not /, ., .. or ~ alone): where a typo most likely is.
+    named = [parent for parent in local.parents if parent.name not in ("", "..") and parent != Path.home()]
+    found = next((parent for parent in named if parent.is_dir()), None)
+    holds = sorted(entry.name for entry in found.iterdir()) if found and os.access(found, os.R_OK) else []
+    listed = ", ".join(holds[:8]) + (", ..." if len(holds) > 8 else "") if holds else "nothing"
+    shown = f" ({found} holds {listed})" if found else ""
+    raise ValueError(f"model path {path!r} does not exist{shown}, and it is not a Hugging Face hub id, which is "
+                     f"'org/name' (Qwen/Qwen2.5-Math-1.5B); the built-in models are {', '.join(BUILTIN_MODELS)}")
 
 
 def smollm2_gguf() -> Path:

@@ -12,6 +12,7 @@ CPUs the actors are placed as they always were, and weights go through the objec
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -93,15 +94,27 @@ def start_ray(recipe: Recipe) -> None:
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
         return
-    ray.init(
-        num_cpus=cfg.num_cpus or os.cpu_count(),
-        object_store_memory=cfg.object_store_mb * 1024 * 1024,
-        include_dashboard=False,
-        configure_logging=False,
-        log_to_driver=True,
-        # Actors import rlvr from the installed package; nothing of the working dir needs shipping.
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-    )
+    # Ray 2.5x turns token authentication on for every new local instance and logs a warning that it did, on every
+    # run (unless RAY_AUTH_MODE is set, which Ray reads too early for this process to set it). The instance is
+    # this run's own, so the notice asks nothing of the user: drop it. Authentication itself stays on.
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def not_the_notice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+    notices.addFilter(not_the_notice)
+    try:
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            object_store_memory=cfg.object_store_mb * 1024 * 1024,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=True,
+            # Actors import rlvr from the installed package; nothing of the working dir needs shipping.
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
+    finally:
+        notices.removeFilter(not_the_notice)
 
 
 class LogProbs(NamedTuple):

@@ -96,3 +96,21 @@ def test_prepare_rejects_unknown_stages_and_other_algorithms(rlvr):
     assert result.returncode == 2 and "prepare stage 'vstar' is unknown; known stages: astar" in result.stderr
     result, _ = rlvr("prepare", "astar", RECIPE)
     assert result.returncode == 2 and "needs a recipe with algorithm.name: astar, not 'grpo'" in result.stderr
+
+
+def test_resume_of_a_run_that_does_not_exist_says_so_instead_of_starting_one(rlvr, tmp_path):
+    result, seconds = rlvr("train", RECIPE, "--resume", f"trainer.output_dir={tmp_path}/nothing-here")
+    assert result.returncode == 2
+    assert f"--resume: {tmp_path}/nothing-here holds no run (no checkpoint, metrics.jsonl or config.yaml); leave " \
+           "out --resume to start a new run there" in result.stderr
+    assert not (tmp_path / "nothing-here").exists()  # nothing started, nothing written
+    assert seconds < 60
+
+
+def test_flags_and_overrides_mix_in_any_order(rlvr, tmp_path, capsys):
+    # --resume between overrides (argparse alone stops the override list at the first flag)
+    result, _ = rlvr("train", RECIPE, "rollout.n=2", "--resume", f"trainer.output_dir={tmp_path}/x", "rollout.n=3")
+    assert "unrecognized arguments" not in result.stderr and "holds no run" in result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        rlvr("train", RECIPE, "--resume", "--no-such-flag")
+    assert stopped.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

@@ -173,3 +173,58 @@ def test_a_recipe_naming_an_unknown_benchmark_fails_at_once(tmp_path):
 
     with pytest.raises(RecipeError, match=r"eval.benchmarks: .*benchmark 'math5000' is unknown"):
         build_recipe({}, tiny_overrides("tiny", tmp_path, **{"eval.benchmarks": "[math5000]"}))
+
+
+@pytest.mark.parametrize("output", ["results.txt", "results.txt/eval"])
+def test_an_output_that_is_a_file_fails_before_the_model_loads(tmp_path, capsys, output):
+    (tmp_path / "results.txt").write_text("a file, not a directory\n")
+    code = main(["eval", "--model", str(tmp_path / "no-model"), "--benchmarks", "gsm8k", "--limit", "1",
+                 "--data-dir", str(SHARED_DATA), "--output", str(tmp_path / output)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--output {tmp_path / output}: {tmp_path / 'results.txt'} is a file, not a directory" in err
+    assert "model path" not in err and "cannot load model" not in err  # checked first, long before the load
+    assert (tmp_path / "results.txt").read_text() == "a file, not a directory\n"
+
+
+def test_a_model_path_that_does_not_exist_is_named_as_a_path(tmp_path, capsys):
+    code = main(["eval", "--model", "/nonexistent/model", "--benchmarks", "gsm8k", "--limit", "1", "--data-dir",
+                 str(SHARED_DATA), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rlvr eval: model path '/nonexistent/model' does not exist, and it is not a Hugging Face hub id" in err
+    assert "Repo id" not in err and "cannot load model" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_benchmark_rows_stop_the_eval_with_their_line_or_are_skipped(tmp_path, capsys):
+    rows = [{"id": "a", "problem": "1+1=", "answer": "2"}, {"id": "a", "problem": "2+2=", "answer": "4"}]
+    bench = tmp_path / "dup.jsonl"
+    bench.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["eval", "--model", str(tmp_path / "no-model"), "--benchmarks", str(bench), "--output", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert f"dataset '{bench}' line 2: id 'a' is the id of line 1 too" in capsys.readouterr().err
+    assert main([*args, "--on-bad-rows", "skip"]) == 2  # past the data, stopped at the model path
+    assert "model path" in capsys.readouterr().err
+
+
+def test_an_eval_whose_grader_fails_says_so_and_counts_the_failures(tiny_model_dir, tmp_path, capsys, caplog,
+                                                                    monkeypatch):
+    """tests.rewards_for_tests:checks_answer raises on rows without an ``expected`` field: every call fails,
+    which scores 0 like a wrong answer; the run must not pass that off as a model at 0%."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the test reward imports in the grading processes
+    problems = tmp_path / "arith.jsonl"
+    problems.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
+                                for p in arithmetic.problems("heldout", 2, seed=0)))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="rlvr"):
+        code = main(["eval", "--model", tiny_model_dir, "--benchmarks", str(problems), "--n", "2", "--engine", "hf",
+                     "--max-new-tokens", "4", "--template", "plain", "--reward", "tests.rewards_for_tests:checks_answer",
+                     "--grader-workers", "1", "--output", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    [warning] = [r.getMessage() for r in caplog.records if "grader" in r.getMessage()]
+    assert "the grader (tests.rewards_for_tests:checks_answer) failed on 4 of 4 responses" in warning
+    assert "the first error: exception: KeyError: 'extra_info'" in warning
+    results = json.loads((out / "results.json").read_text())
+    assert results["grader_errors"] == 4 and results["benchmarks"]["arith"]["counts"]["grader_errors"] == 4
+    assert results["first_grader_error"] == "exception: KeyError: 'extra_info'"

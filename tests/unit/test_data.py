@@ -122,7 +122,7 @@ def test_gsm8k_answers_are_extracted_from_the_worked_solutions_of_every_row():
     assert [p.answer for p in prompts] == [row["answer"] for row in rows]
     assert sum("," in p.answer for p in prompts) == 79  # thousands separators kept as written (data README)
     assert [p.problem for p in prompts] == [row["problem"] for row in rows]
-    with pytest.raises(ValueError, match=r"row 0: 'answer' is not in the data.answer_format 'gsm8k': no '####"):
+    with pytest.raises(ValueError, match=r"line 1: 'answer' is not in the data.answer_format 'gsm8k': no '####"):
         load_prompts(str(path), limit=1, answer_format="gsm8k")  # 'answer' holds the bare number already
 
 
@@ -172,15 +172,15 @@ def test_templates_shape_chat_prompts_without_doubling_them(template, system, ex
 
 
 @pytest.mark.parametrize(("row", "keys", "message"), [
-    ({"problem": "1+1=", "answer": None}, (), r"row 1: 'answer' is null \(data.answer_key\)"),
-    ({"question": "1+1=", "answer": "2"}, (), r"row 1 has no field 'problem'; its fields are \['answer', 'question'\]"),
-    ({"problem": "  ", "answer": "2"}, (), r"row 1: 'problem' is empty"),
+    ({"problem": "1+1=", "answer": None}, (), r"line 2: 'answer' is null \(data.answer_key\)"),
+    ({"question": "1+1=", "answer": "2"}, (), r"line 2 has no field 'problem'; its fields are \['answer', 'question'\]"),
+    ({"problem": "  ", "answer": "2"}, (), r"line 2: 'problem' is empty"),
     (_verl_row("", "2", [{"role": "user"}]), ("prompt", "reward_model.ground_truth"),
-     r"row 1: 'prompt' is a list, so it must be chat messages: a non-empty list of \{role, content\}"),
+     r"line 2: 'prompt' is a list, so it must be chat messages: a non-empty list of \{role, content\}"),
     (_verl_row("", "2", [{"role": "system", "content": "hi"}]), ("prompt", "reward_model.ground_truth"),
-     r"row 1: 'prompt' has no user message \(roles: \['system'\]\)"),
+     r"line 2: 'prompt' has no user message \(roles: \['system'\]\)"),
     ({"problem": {"text": "1+1="}, "answer": "2"}, (),
-     r"row 1: 'problem' is a mapping, not text .* a dotted key reads a field inside it \(its keys: \['text'\]\)"),
+     r"line 2: 'problem' is a mapping, not text .* a dotted key reads a field inside it \(its keys: \['text'\]\)"),
 ])
 def test_bad_rows_name_the_source_the_row_and_what_is_wrong(tmp_path, row, keys, message):
     good = _verl_row("1+1=", "2") | {"problem": "1+1=", "answer": "2"}
@@ -261,3 +261,95 @@ def test_spec_mistakes_name_the_spec_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^dataset \{path: json, data_files: .*rows.jsonl\} row 1: 'problem' is empty"):
         load_prompts({"path": "json", "data_files": str(tmp_path / "rows.jsonl")})
     assert [p.id for p in load_prompts({"path": str(tmp_path / "two"), "split": "test"}, limit=1)] == ["two-0"]
+
+
+GOOD_LINE = '{"id": "a", "problem": "1+1=", "answer": "2"}\n'
+
+
+def test_a_file_that_is_not_json_names_the_file_and_the_physical_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(GOOD_LINE + "\n" + '{"id": "b", "problem": "2+2=",, "answer": "4"}\n')  # a blank line 2
+    with pytest.raises(ValueError, match=f"^dataset file '{path}' line 3 column 31 is not JSON: Expecting property"):
+        load_prompts(str(path))
+    path.write_text(GOOD_LINE + '["b", "2+2=", "4"]\n')
+    with pytest.raises(ValueError, match=r"line 2 is not a JSON object: each record is one .* \(got \[\"b\""):
+        load_prompts(str(path))
+    array = tmp_path / "d.json"
+    array.write_text('[\n  {"id": "a", "problem": "1+1=", "answer": "2"},\n  {"id": "b",}\n]\n')
+    with pytest.raises(ValueError, match=f"^dataset file '{array}' line 3 column 14 is not JSON"):
+        load_prompts(str(array))
+    array.write_text('[{"id": "a", "problem": "1+1=", "answer": "2"}, {"id": "b", "problem": " ", "answer": "4"}]')
+    with pytest.raises(ValueError, match=f"^dataset '{array}' record 1: 'problem' is empty"):
+        load_prompts(str(array))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_byte_order_mark_is_read_as_utf8_and_latin1_bytes_are_named_with_line_and_offset(tmp_path, suffix):
+    rows = [{"id": "a", "problem": "1+1=", "answer": "2"}, {"id": "b", "problem": "café: 2+2=", "answer": "4"}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if suffix == ".json":
+        text = "[" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "]"
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # "UTF-8 with BOM", as Windows editors save it
+    assert [p.problem for p in load_prompts(str(path))] == ["1+1=", "café: 2+2="]
+    latin1 = text.encode("latin-1")
+    path.write_bytes(latin1)
+    offset = latin1.index(b"\xe9")
+    with pytest.raises(ValueError, match=f"^dataset file '{path}' line 2 \\(byte offset {offset}\\) is not UTF-8: "
+                                         "byte 0xe9 .* The file must be UTF-8; .* iconv -f latin1 -t utf-8"):
+        load_prompts(str(path))
+
+
+def test_a_null_field_is_not_called_missing(tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "problem": "1+1=", "answer": "2"},
+                                                {"id": "b", "problem": "2+2=", "answer": None}])
+    with pytest.raises(ValueError, match=f"^dataset '{path}' line 2: 'answer' is null \\(data.answer_key\\)"):
+        load_prompts(path)
+    with pytest.raises(ValueError, match=r"line 1 has no field 'solution'; its fields are \['answer', 'id', 'problem'\]"):
+        load_prompts(path, answer_key="solution")
+    # A null record on the way to a nested field: null, not missing (verl rows whose reward_model is null).
+    verl = _write_jsonl(tmp_path / "verl.jsonl", [_verl_row("1+1=", "2"), _verl_row("2+2=", "4") | {"reward_model": None}])
+    with pytest.raises(ValueError, match=r"line 2: 'reward_model.ground_truth' is null"):
+        load_prompts(verl, "prompt", "reward_model.ground_truth")
+    with pytest.raises(ValueError, match=r"line 1 has no field 'reward_model.answer'; .* 'reward_model' has "
+                                         r"\['ground_truth', 'style'\]"):
+        load_prompts(verl, "prompt", "reward_model.answer")
+
+
+def test_empty_problems_and_repeated_ids_stop_the_load_or_are_left_out_and_counted(tmp_path, caplog):
+    rows = [{"id": "a", "problem": "1+1=", "answer": "2"}, {"id": "b", "problem": " \n", "answer": "0"},
+            {"id": "c", "problem": "2+2=", "answer": "4"}, {"id": "a", "problem": "3+3=", "answer": "6"},
+            {"id": "d", "problem": "4+4=", "answer": "8"}]
+    path = _write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(ValueError, match=r"line 2: 'problem' is empty; set data.on_bad_rows: skip"):
+        load_prompts(path)
+    del rows[1]
+    unique_but_repeated = _write_jsonl(tmp_path / "r.jsonl", rows)
+    with pytest.raises(ValueError, match=r"line 3: id 'a' is the id of line 1 too; ids must be unique"):
+        load_prompts(unique_but_repeated)
+    with caplog.at_level("WARNING", logger="rlvr"):
+        kept = load_prompts(path, on_bad_rows="skip")
+    assert [p.id for p in kept] == ["a", "c", "d"] and kept[0].problem == "1+1="  # the first of a repeated id
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "left out 2 bad rows" in warning.message and "kept 3 prompts" in warning.message
+    assert "line 2: 'problem' is empty" in warning.message and "line 4: id 'a'" in warning.message
+    assert [p.id for p in load_prompts(path, limit=2, on_bad_rows="skip")] == ["a", "c"]  # limit counts kept prompts
+    with pytest.raises(ValueError, match="on_bad_rows 'ignore' is unknown; use one of error, skip"):
+        load_prompts(path, on_bad_rows="ignore")
+    blank = _write_jsonl(tmp_path / "blank.jsonl", [{"id": "a", "problem": "", "answer": "1"}])
+    with pytest.raises(ValueError, match=r"every row of dataset .* is bad \(1 rows\); the first: line 1"):
+        load_prompts(blank, on_bad_rows="skip")
+
+
+def test_parquet_rows_are_named_by_their_index(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "problem": "1+1=", "answer": "2"},
+                                         {"id": "b", "problem": "2+2=", "answer": None}]), path)
+    with pytest.raises(ValueError, match=f"^dataset '{path}' row 1: 'answer' is null"):
+        load_prompts(str(path))
+    path.write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=f"could not read the parquet file '{path}'"):
+        load_prompts(str(path))

@@ -38,9 +38,14 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def staging_path(run_dir: Path, step: int) -> Path:
+    """Where step ``step`` is written before the rename."""
+    return checkpoint_dir(run_dir) / f".step_{step}.tmp"
+
+
 def staging_dir(run_dir: Path, step: int) -> Path:
-    """Where step ``step`` is written before the rename; removed first if a crash left it behind."""
-    path = checkpoint_dir(run_dir) / f".step_{step}.tmp"
+    """:func:`staging_path`, made empty (a crash may have left it behind)."""
+    path = staging_path(run_dir, step)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path

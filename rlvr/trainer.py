@@ -23,7 +23,7 @@ from rlvr.eval.runner import evaluate
 from rlvr.eval.settings import EvalSampling, EvalSettings
 from rlvr.guards import Diverged, Guards, Interrupted, Signals, unsafe_weights
 from rlvr.metrics import MetricsLog, PhaseTimer, ProgressBar
-from rlvr.models.loading import load_tokenizer, resolve_model_path
+from rlvr.models.loading import check_model_path, load_tokenizer, resolve_model_path
 from rlvr.rewards.grading import grade
 from rlvr.rewards.pool import RewardPool
 from rlvr.rewards.registry import resolve
@@ -116,16 +116,17 @@ class Trainer:
                                 if recipe.eval.benchmarks and self.training else {})
         self.eval_pool: RewardPool | None = None
         self.algorithm = algos.from_recipe(recipe)
-        self.model_dir = resolve_model_path(recipe.model.path)  # a missing local path stops here, naming it
+        check_model_path(recipe.model.path)  # a missing local path stops here, naming it (cheap: builds nothing)
         if self.training:
             self.prompts = self.algorithm.prepare_prompts(self.prompts, recipe)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resumed_at = checkpoint.read_state(existing)["step"] if self.resume and existing else None
-            checkpoint.record_recipe(self.run_dir, dump_recipe(recipe), resumed_at, changed=bool(changes))
+            checkpoint.record_recipe(self.run_dir, dump_recipe(recipe), resumed_at, changed=changes != {})
         self.stream = PromptStream(self.prompts, recipe.data.batch_size, cfg.seed, recipe.data.shuffle)
         early = recipe.rollout.early_rejection
         scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
         self.pool = RewardPool.from_config(recipe.reward)
+        self.model_dir = resolve_model_path(recipe.model.path)
         self.tokenizer = load_tokenizer(self.model_dir)
         start_ray(recipe)
         self.workers = Workers.create(recipe, self.model_dir)
@@ -291,8 +292,9 @@ class Trainer:
         if unsafe:
             log.warning("step %d: no checkpoint written, since %s. %s", step, unsafe, self.last_checkpoint_text())
             return None
-        staging = checkpoint.staging_dir(self.run_dir, step)
+        staging = checkpoint.staging_path(self.run_dir, step)
         try:
+            checkpoint.staging_dir(self.run_dir, step)
             learner_side = self.workers.save(str(staging))
             self.tokenizer.save_pretrained(staging)
             # The algorithm's state, both halves in one file: its driver-side parts' and its learner-side parts'.
@@ -317,21 +319,21 @@ class Trainer:
         return Interrupted(f"stopped by {name} after step {done} of {self.recipe.trainer.total_steps}; {kept}. "
                            "Continue with the same command and --resume", signum)
 
-    def _recipe_changes(self, existing: Path) -> dict[str, tuple[Any, Any]]:
-        """How this run's recipe differs from the one that trained up to ``existing``; raises
-        :class:`RecipeChanged` when a change alters what is trained and ``allow_recipe_change`` is off."""
+    def _recipe_changes(self, existing: Path) -> dict[str, tuple[Any, Any]] | None:
+        """How this run's recipe differs from the one that trained up to ``existing`` (None: that one is unknown);
+        raises :class:`RecipeChanged` when a change alters what is trained and ``allow_recipe_change`` is off."""
         step = checkpoint.read_state(existing)["step"]
         path = checkpoint.recipe_in_effect(self.run_dir, step)
         if path is None:
             log.warning("%s has no config.yaml: the recipe of steps 1-%d is unknown, so the resumed recipe cannot be "
                         "compared with it", self.run_dir, step)
-            return {"?": (None, None)}
+            return None
         try:
             saved = load_recipe(path)
         except RecipeError as error:
             log.warning("%s no longer reads as a recipe (%s); the resumed recipe is not compared with it", path,
                         str(error).splitlines()[-1])
-            return {"?": (None, None)}
+            return None
         changes = recipe_changes(saved, self.recipe)
         refused = {key: values for key, values in changes.items() if not resume_safe(key)}
         listed = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in (refused or changes).items())

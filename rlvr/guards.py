@@ -73,6 +73,19 @@ def unsafe_weights(row: dict[str, Any], cfg: GuardsConfig) -> str | None:
     return runaway(row, cfg)
 
 
+def _streak(rows: list[dict[str, Any]], counts) -> int:
+    """How many of the last ``rows`` in a row ``counts`` (True); a row it says None of is passed over."""
+    streak = 0
+    for row in reversed(rows):
+        verdict = counts(row)
+        if verdict is None:
+            continue
+        if not verdict:
+            break
+        streak += 1
+    return streak
+
+
 class Guards:
     """``trainer.guards`` over a run's metrics rows: :meth:`check` each new row; ``history`` are the rows the run
     already has (step 0 and, after a resume, the steps before it)."""
@@ -97,13 +110,8 @@ class Guards:
     def _reasons(self, row: dict[str, Any]):
         cfg, step = self.cfg, row["step"]
         trained = [r for r in self.rows if r.get("step", 0) > 0]
-        failed = 0
-        for past in reversed(trained):
-            if "actor/skipped_steps" not in past:
-                continue  # a step without an update neither breaks nor extends the streak
-            if not update_failed(past):
-                break
-            failed += 1
+        # A step without an update (no signal) neither breaks nor extends the streak of failed updates.
+        failed = _streak(trained, lambda r: update_failed(r) if "actor/skipped_steps" in r else None)
         if failed >= cfg.nonfinite_steps:
             yield "nonfinite", (f"step {step}: the loss or gradient norm was non-finite in {failed} steps in a row, so "
                                 "their updates were skipped; the run has diverged (a learning rate too high? "
@@ -113,12 +121,8 @@ class Guards:
             yield "weights", (f"step {step}: {weights} in one step (learner.lr too high?); such weights are not "
                               "saved (trainer.guards.max_weight_growth sets the limit)")
         if cfg.reward_error_frac is not None:
-            streak = 0
-            for past in reversed(trained):
-                sampled = past.get("rollout/num_sampled") or 0
-                if not sampled or past.get("reward/errors", 0) / sampled <= cfg.reward_error_frac:
-                    break
-                streak += 1
+            streak = _streak(trained, lambda r: (r.get("reward/errors", 0) / r["rollout/num_sampled"]
+                                                 > cfg.reward_error_frac) if r.get("rollout/num_sampled") else False)
             if streak >= cfg.reward_error_steps:
                 yield "reward_errors", (
                     f"step {step}: more than {cfg.reward_error_frac:.0%} of the reward calls failed in each of the "

@@ -96,10 +96,11 @@ class Trainer:
         existing = checkpoint.latest(self.run_dir) if self.training else None
         if self.training:
             self.metrics = MetricsLog(self.run_dir)
-            if not self.resume and (existing or self.metrics.rows()):
+            logged = bool(self.metrics.rows())
+            if not self.resume and (existing or logged):
                 raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or set "
                                       "trainer.output_dir to a new directory")
-            if self.resume and not (existing or self.metrics.rows() or checkpoint.recipe_files(self.run_dir)):
+            if self.resume and not (existing or logged or checkpoint.recipe_files(self.run_dir)):
                 raise NothingToResume(f"--resume: {self.run_dir} holds no run (no checkpoint, metrics.jsonl or "
                                       "config.yaml); leave out --resume to start a new run there")
             changes = self._recipe_changes(existing) if self.resume and existing else {}
@@ -314,7 +315,8 @@ class Trainer:
     def interrupted(self, signum: int, saved: Path | None) -> Interrupted:
         """The stop after a SIGINT / SIGTERM, saying what was kept and how to go on."""
         name = Signals.NAMES.get(signum, f"signal {signum}")
-        done = self.metrics.rows()[-1]["step"] if self.metrics.rows() else 0
+        rows = self.metrics.rows()
+        done = rows[-1]["step"] if rows else 0
         kept = f"checkpoint written: {saved}" if saved else self.last_checkpoint_text()
         return Interrupted(f"stopped by {name} after step {done} of {self.recipe.trainer.total_steps}; {kept}. "
                            "Continue with the same command and --resume", signum)

@@ -33,6 +33,7 @@ class RolloutBatch:
     advantages: Tensor | None = None  # [N] or [N,T]
     old_logprobs: Tensor | None = None  # [N,T]
     ref_logprobs: Tensor | None = None  # [N,T]
+    staleness: Tensor | None = None  # [N] long: updates between the sampling weights and those trained (0: on-policy)
     algo_fields: dict[str, Tensor] = field(default_factory=dict)  # per-row [N] or [N,T] tensors an
     # algorithm computes on the driver for its loss (COPO's global advantage, A*-PO's V*): LossInputs.extra
 

@@ -155,6 +155,11 @@ class RolloutConfig(Section):
                                       "what gpu_memory_utilization leaves after the weights; with vLLM's CPU build "
                                       "1 GiB (what VLLM_CPU_KVCACHE_SPACE sets; SmolLM2-135M in float32 holds "
                                       "about 23k tokens in it).")
+    max_staleness: int = Field(0, ge=0, description="Off-policy rollouts: 0 samples every step's batch with the "
+                               "weights it trains (on-policy); k > 0 lets the engines sample up to k steps ahead while "
+                               "the learner trains, so a batch trained at step t was sampled with the weights after "
+                               "step t-1-k (verl one-step-off-policy, prime-rl max_off_policy_steps). Needs "
+                               "placement.mode split; algorithm.tis_cap corrects the ratio (docs/architecture.md).")
     early_rejection: EarlyRejectionConfig = Field(
         EarlyRejectionConfig(), description="Oversample, score partial responses with a PRM at tau tokens, "
         "finish only the best rollout.n per prompt (off unless early_rejection.scorer is set).")
@@ -423,6 +428,14 @@ class Recipe(Section):
         cluster), so that recipes for GPU clusters still load and validate on any machine."""
         rollout, split = self.rollout, self.placement.mode == "split"
         spec = engines.get(rollout.engine)
+        if rollout.max_staleness and not split:
+            raise ValueError(f"rollout.max_staleness: {rollout.max_staleness} needs placement.mode split: colocated "
+                             "engines sample with the learner's own weights, in its own actor, so sampling ahead "
+                             "cannot overlap the update; set placement.mode=split or rollout.max_staleness=0")
+        if rollout.max_staleness and rollout.early_rejection.scorer is not None:
+            raise ValueError(f"rollout.max_staleness: {rollout.max_staleness} does not combine with "
+                             "rollout.early_rejection (its controller samples in rounds within the step); set one of "
+                             "them off")
         if rollout.num_workers > 1 and not split:
             raise ValueError(f"rollout.num_workers: {rollout.num_workers} applies to placement.mode split; colocated "
                              "engines live in the learner's actors (vLLM: one per learner rank, so learner.num_ranks "

@@ -8,6 +8,10 @@ not here.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +79,11 @@ class Trainer:
         self.recipe, self.resume, self.training = recipe, resume, training
         self.allow_recipe_change = allow_recipe_change
         self.run_dir = Path(recipe.trainer.output_dir)
-        self.step = 0
+        self.step = self.weights_step = 0  # weights_step: the step whose update the learner's weights are after
+        # Sampling ahead (rollout.max_staleness): the steps whose batches are sampled or being sampled, in order; a
+        # background thread gathers and scores them while the learner trains.
+        self.ahead: deque[tuple[int, Future[_Source]]] = deque()
+        self.executor: ThreadPoolExecutor | None = None
         self.no_signal_streak, self.warned_no_signal = 0, False  # steps skipped in a row for want of signal
 
     # -- setup and teardown ------------------------------------------------------------------------
@@ -147,6 +155,8 @@ class Trainer:
     def __exit__(self, *exc: object) -> None:
         if hasattr(self, "bar"):
             self.bar.close()
+        if self.executor is not None:  # a batch still being sampled is dropped (a resume samples it again)
+            self.executor.shutdown(wait=False, cancel_futures=True)
         if hasattr(self, "workers"):
             self.workers.shutdown()
         if hasattr(self, "pool"):
@@ -159,12 +169,14 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, Any]:
         timer, algo, workers = PhaseTimer(), self.algorithm, self.workers
-        source = _Source(self, timer, step)
-        batch = source.sample(self.stream.next_batch())
-        batch, filter_metrics = algo.post_rollout(batch, source)
+        source = self.rollout(step, timer)
+        batch, filter_metrics = algo.post_rollout(source.batch, source)
         # Rollout metrics cover everything sampled this step, including groups dynamic sampling dropped.
         row = {"step": step, **rollout_metrics(concat_batches(source.batches), source.errors),
                "rollout/num_rows": len(batch), **source.metrics, **filter_metrics}
+        if self.recipe.rollout.max_staleness:
+            row.update({"rollout/staleness": batch.staleness.float().mean().item(),
+                        "rollout/staleness_max": int(batch.staleness.max())})
         if len(batch) == 0:  # dynamic sampling found no informative group within its budget
             log.warning("step %d: no group with varying rewards after %d generation rounds; no update",
                         step, algo.options.max_gen_batches)
@@ -185,7 +197,35 @@ class Trainer:
         row["throughput/tokens_per_s"] = source.tokens / row["time/step"]
         row["sync/bytes"] = workers.last_sync_bytes if trained else 0
         row["memory/peak_bytes"] = workers.peak_memory()
+        self.weights_step = step
         return self.count_signal(row, trained)
+
+    def rollout(self, step: int, timer: PhaseTimer) -> _Source:
+        """Step ``step``'s sampling, its batch scored: sampled now with the weights it trains (on-policy), or, with
+        ``rollout.max_staleness`` k, the one sampled ahead, whose requests went to the engines k steps earlier
+        (before the weight syncs since, which queue behind them: the same weights on every run and resume)."""
+        ahead = self.recipe.rollout.max_staleness
+        if not ahead and not self.ahead:
+            source = _Source(self, timer, step)
+            source.batch = source.sample(self.stream.next_batch())
+            return source
+        last = min(step + ahead, self.recipe.trainer.total_steps)
+        upcoming = self.ahead[-1][0] + 1 if self.ahead else step
+        for later in range(upcoming, last + 1):
+            pending = _Source(self, PhaseTimer(), later)
+            finish = pending.submit(self.stream.next_batch())
+            if self.executor is None:
+                self.executor = ThreadPoolExecutor(1, thread_name_prefix="rlvr-rollout")
+            self.ahead.append((later, self.executor.submit(_finished, pending, finish)))
+        sampled_for, future = self.ahead.popleft()
+        assert sampled_for == step, f"the batch sampled ahead is step {sampled_for}'s, not step {step}'s"
+        waited = time.perf_counter()
+        source = future.result()
+        taken = time.perf_counter()
+        source.trainer, source.timer = self, timer
+        timer.add({phase: source.own_timer.seconds.get(phase, 0.0) for phase in ("generate", "reward")})
+        timer.add({"wait_rollout": taken - waited, "wait_learner": max(0.0, waited - source.ready_at)})
+        return source
 
     def learner_logprobs(self, staged: StagedBatch, timer: PhaseTimer) -> None:
         """The behaviour log-probs (recomputed, or the engine's) and the reference's, into the batch, when the
@@ -301,6 +341,8 @@ class Trainer:
             # The algorithm's state, both halves in one file: its driver-side parts' and its learner-side parts'.
             torch.save({"driver": self.algorithm.state_dict(), "learner": learner_side},
                        staging / "algorithm_state.pt")
+            if self.ahead:  # sampled with earlier weights than these: kept, so that a resume trains the same rows
+                torch.save([(later, future.result()) for later, future in self.ahead], staging / AHEAD_FILE)
             state = {"step": step, "data": self.stream.state_dict(), "seed": self.recipe.trainer.seed}
             return checkpoint.commit(self.run_dir, step, staging, state, self.recipe.trainer.keep_checkpoints)
         except Exception as error:
@@ -355,7 +397,12 @@ class Trainer:
         self.workers.load(str(path), algorithm_state["learner"])
         self.algorithm.load_state_dict(algorithm_state["driver"])
         self.stream.load_state_dict(state["data"])
-        self.step = int(state["step"])
+        self.step = self.weights_step = int(state["step"])
+        if (path / AHEAD_FILE).exists():
+            for later, source in torch.load(path / AHEAD_FILE, weights_only=False):
+                done: Future[_Source] = Future()
+                done.set_result(source)
+                self.ahead.append((later, done))
         self.metrics.keep_until(self.step)
         log.info("resumed from %s (step %d)", path, self.step)
 
@@ -368,6 +415,16 @@ class Trainer:
             self.bar_write(f"held-out accuracy: {heldout[0]:.1%} before -> {heldout[-1]:.1%} after "
                            f"({out['steps']} steps); run directory {self.run_dir}")
         return out
+
+
+AHEAD_FILE = "rollouts_ahead.pt"  # a checkpoint's batches sampled ahead (rollout.max_staleness)
+
+
+def _finished(source: _Source, finish) -> _Source:
+    """The background half of sampling ahead: gather ``source``'s completions and score them (``finish``)."""
+    source.batch = finish()
+    source.ready_at = time.perf_counter()
+    return source
 
 
 class RecipeChanged(ValueError):
@@ -383,11 +440,21 @@ class _Source(RolloutSource):
 
     def __init__(self, trainer: Trainer, timer: PhaseTimer, step: int):
         self.trainer, self.timer, self.step = trainer, timer, step
+        self.own_timer = timer  # the timer of the sampling itself (a batch sampled ahead keeps it apart)
         self.rounds = self.errors = self.tokens = 0
+        self.batch: RolloutBatch | None = None  # the step's first batch, scored
+        self.ready_at = 0.0  # when it was (perf_counter)
         self.batches: list[RolloutBatch] = []
         self.metrics: dict[str, float] = {}  # reward shaping's, of the latest sampled batch
         self.prompts: dict[str, Prompt] = {}
         self.early_rejection: list[EarlyRejectionRollout] = []  # this step's controlled sampling calls
+
+    def __getstate__(self) -> dict[str, Any]:  # a batch sampled ahead, kept in a checkpoint
+        return {key: value for key, value in self.__dict__.items() if key not in ("trainer", "timer", "own_timer")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.timer = self.own_timer = PhaseTimer()
 
     def next_prompts(self) -> list[Prompt]:
         return self.trainer.stream.next_batch()
@@ -396,6 +463,12 @@ class _Source(RolloutSource):
         return self.prompts[prompt_id]
 
     def sample(self, prompts: list[Prompt], plan: list[int] | None = None, record: bool = True) -> RolloutBatch:
+        return self.submit(prompts, plan, record)()
+
+    def submit(self, prompts: list[Prompt], plan: list[int] | None = None, record: bool = True
+               ) -> Callable[[], RolloutBatch]:
+        """:meth:`sample` in two halves: the requests go to the engines now, with the weights they hold now; the
+        returned function gathers, scores and shapes the batch (a background thread's work when sampling ahead)."""
         t, r = self.trainer, self.trainer.recipe.rollout
         self.prompts.update((p.id, p) for p in prompts if record)
         # Each round of a step gets its own seed, a pure function of (trainer.seed, step, round).
@@ -405,17 +478,29 @@ class _Source(RolloutSource):
         sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, seed=seed % (2**31),
                                   logprobs=engine_logprobs)
         plan = plan or t.algorithm.rollout_plan(len(prompts), r.n)
-        with self.timer("generate"):
-            batch, out = t.sampler.generate(prompts, plan, sampling)
-        self.tokens += out.tokens_generated  # with early rejection, the rejected candidates' partials too
-        if isinstance(out.details, EarlyRejectionRollout):
-            self.early_rejection.append(out.details)
-        with self.timer("reward"):
-            self.errors += t.sampler.score(batch)
-        self.metrics.update(t.algorithm.shape_rewards(batch))
-        if record:
-            self.batches.append(batch)
-        return batch
+        staleness = self.step - 1 - t.weights_step  # steps between the weights sampling now and those trained
+        with self.own_timer("generate"):
+            if t.sampler.controller is plain:
+                gather = t.sampler.submit(prompts, plan, sampling, t.workers.submit)
+            else:  # a controller samples in rounds (early rejection): all of it now
+                sampled = t.sampler.generate(prompts, plan, sampling)
+                gather = lambda: sampled  # noqa: E731
+
+        def finish() -> RolloutBatch:
+            with self.own_timer("generate"):
+                batch, out = gather()
+            self.tokens += out.tokens_generated  # with early rejection, the rejected candidates' partials too
+            if isinstance(out.details, EarlyRejectionRollout):
+                self.early_rejection.append(out.details)
+            with self.own_timer("reward"):
+                self.errors += t.sampler.score(batch)
+            self.metrics.update(t.algorithm.shape_rewards(batch))
+            batch.staleness = torch.full((len(batch),), staleness, dtype=torch.long)
+            if record:
+                self.batches.append(batch)
+            return batch
+
+        return finish
 
 
 def eval_metrics(results: dict[str, Any]) -> dict[str, float]:

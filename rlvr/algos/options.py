@@ -73,7 +73,7 @@ class AlgorithmOptions(BaseModel):
 
     def problems(self, recipe: Recipe) -> list[str]:
         """What is wrong with these options in ``recipe`` (empty when nothing): checked before any work."""
-        from rlvr.algos.registry import tis_presets, tis_refusal
+        from rlvr.algos.registry import get, tis_presets, tis_refusal
 
         out = []
         if self.overlong_shaping and self.overlong_buffer is not None and \
@@ -83,6 +83,11 @@ class AlgorithmOptions(BaseModel):
                        "last overlong_buffer tokens")
         if self.dynamic_sampling and recipe.rollout.n < 2:
             out.append("algorithm.dynamic_sampling needs rollout.n >= 2: a group of one sample never varies")
+        filters = [*(["algorithm.dynamic_sampling"] if self.dynamic_sampling else []),
+                   *(f"{self.name}'s {name} filter" for name in get(self.name).filters)]
+        if recipe.rollout.max_staleness and filters:
+            out.append(f"rollout.max_staleness: {recipe.rollout.max_staleness} does not combine with "
+                       f"{', '.join(filters)}, which samples more within a step; use rollout.max_staleness 0")
         if self.tis_cap is not None and tis_refusal(self.name):
             out.append(f"algorithm.tis_cap: {self.name} cannot weight its loss by truncated importance sampling: "
                        f"{tis_refusal(self.name)}; it is available for {', '.join(tis_presets())}")

@@ -3,9 +3,9 @@
 In colocated placement it samples with the learner's own module (no copy); in split placement it owns a
 copy and receives weights as numpy arrays (:meth:`HFEngine.load_weights`).
 
-Log-probs are those of the temperature-scaled distribution before top-p/top-k truncation, recomputed after
-generation in one parallel forward pass (vLLM's ``processed_logprobs`` equal them only while top-p and top-k
-are off; see docs/engines.md).
+Log-probs are those of the temperature-scaled distribution before top-p/top-k truncation (vLLM's
+``processed_logprobs`` equal them only while top-p and top-k are off; see docs/engines.md), taken from the logits
+``generate`` computes anyway (:class:`SampledLogprobs`), not from a second forward pass.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from rlvr.models.forward import response_logprobs
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.transfer.arrays import load_named_arrays
 
@@ -77,37 +77,32 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         ids, mask = ids.to(device), mask.to(device)
+        warp = SampledLogprobs(1.0 if greedy else sampling.temperature, 0 if greedy else sampling.top_k,
+                               1.0 if greedy else sampling.top_p, record=sampling.logprobs)
         sequences = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=sampling.max_new_tokens,
             do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy or sampling.top_p >= 1.0 else sampling.top_p,
-            top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
+            # The sampling transforms are the processor's (it records the log-probs between them): generate's own
+            # are off, whatever the model's generation_config says.
+            temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([warp]),
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
             use_cache=True,  # a model that checkpoints its activations sets config.use_cache False for training
         )
+        self.model.train(was_training)
         tokens = sequences[:, width:]
         # Each response ends at its first EOS (kept: the policy learns to stop); after it, padding.
         is_eos = tokens == self.eos_id
-        response_mask = (is_eos.long().cumsum(1) - is_eos.long()) == 0
-        # Log-probs in one parallel pass rather than from generate's per-step logits, which would hold
-        # [batch x steps x vocab] floats (hundreds of GB for a 150k vocabulary at 4k tokens).
-        rows_logprobs = [[] for _ in requests]
-        if sampling.logprobs:
-            logprobs, _ = response_logprobs(self.model, ids, mask, tokens, response_mask,
-                                            1.0 if greedy else sampling.temperature)
-            rows_logprobs = logprobs.float().cpu().tolist()
-        self.model.train(was_training)
-        completions = []
-        for row, row_logprobs, finished in zip(tokens.tolist(), rows_logprobs, is_eos.any(1).tolist()):
-            length = row.index(self.eos_id) + 1 if finished else len(row)
-            response = row[:length]
-            text = self.tokenizer.decode(response, skip_special_tokens=True)
-            completions.append(Completion(response, row_logprobs[:length], text, "stop" if finished else "length"))
-        return completions
+        finished = is_eos.any(1)
+        lengths = torch.where(finished, is_eos.long().argmax(1) + 1, tokens.shape[1]).tolist()
+        responses = [row[:length] for row, length in zip(tokens.tolist(), lengths)]
+        logprobs = warp.logprobs(tokens).tolist() if sampling.logprobs else [[]] * len(responses)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return [Completion(response, row_logprobs[:length], text, "stop" if stopped else "length")
+                for response, row_logprobs, text, length, stopped
+                in zip(responses, logprobs, texts, lengths, finished.tolist())]
 
     def load_weights(self, named_arrays: dict[str, np.ndarray]) -> None:
         load_named_arrays(self.model, named_arrays)
@@ -117,3 +112,36 @@ class HFEngine:
 
     def wake(self) -> None:
         pass
+
+
+class SampledLogprobs(LogitsProcessor):
+    """The sampling transforms as one logits processor: temperature, then top-k, then top-p (generate's own order,
+    with its own warpers, so the samples are the same as with generate's), recording between the temperature and
+    the truncation the log-softmax that the next token is drawn from. Each call gathers the previous step's
+    distribution at the token just sampled (the last column of ``input_ids``), so only one step's [batch x vocab]
+    log-probs are held at a time; :meth:`logprobs` gathers the last step's."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, record: bool = True):
+        self.temperature, self.record = temperature, record
+        self.warpers = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+        self.steps: list[torch.Tensor] = []  # [batch] float per sampled step but the last
+        self.pending: torch.Tensor | None = None  # the latest step's log-softmax [batch, vocab]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.record:
+            if self.pending is not None:
+                self.steps.append(self.pending.gather(1, input_ids[:, -1:]).squeeze(1))
+            self.pending = torch.log_softmax(scores, dim=-1)
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        return scores
+
+    def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, T]`` log-probs of the sampled ``tokens`` (generate's new columns), zero where none."""
+        if self.pending is None:
+            return torch.zeros(tokens.shape)
+        last = self.pending.gather(1, tokens[:, len(self.steps) : len(self.steps) + 1]).squeeze(1)
+        out = torch.stack([*self.steps, last], dim=1).float().cpu()
+        return torch.nn.functional.pad(out, (0, tokens.shape[1] - out.shape[1]))

@@ -6,7 +6,7 @@ template, hands the requests to a generation controller (:mod:`rlvr.rollout.cont
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -15,6 +15,9 @@ from rlvr.data.prompts import Prompt, render
 from rlvr.rewards.pool import RewardPool, RewardRequest
 from rlvr.rollout.controllers import Controlled, Controller, Generate, plain
 from rlvr.rollout.engine import Completion, SamplingParams
+
+# Sends requests to the engines now; the function it returns waits for their completions.
+Submit = Callable[[list[list[int]], SamplingParams], Callable[[], list[Completion]]]
 
 
 class Sampler:
@@ -32,10 +35,28 @@ class Sampler:
         the controller's answer."""
         tokens = [render(p, self.template, self.tokenizer) for p in prompts]
         out = (controller or self.controller)(self.generate_fn, tokens, [p.problem for p in prompts], plan, sampling)
+        return self._assemble(prompts, tokens, out), out
+
+    def submit(self, prompts: Sequence[Prompt], plan: Sequence[int], sampling: SamplingParams, submit: Submit
+               ) -> Callable[[], tuple[RolloutBatch, Controlled]]:
+        """:meth:`generate` with the plain controller, in two halves: the requests go to the engines now
+        (``submit`` sends them and returns what gathers their completions), the batch is assembled when the
+        returned function is called. Sampling ahead (``rollout.max_staleness``) sends a step's requests before the
+        weight sync that must not reach them."""
+        tokens = [render(p, self.template, self.tokenizer) for p in prompts]
+        index = [i for i, count in enumerate(plan) for _ in range(count)]
+        gather = submit([tokens[i] for i in index], sampling)
+
+        def finish() -> tuple[RolloutBatch, Controlled]:
+            completions = gather()
+            out = Controlled(completions, index, sum(len(c.tokens) for c in completions))
+            return self._assemble(prompts, tokens, out), out
+
+        return finish
+
+    def _assemble(self, prompts: Sequence[Prompt], tokens: list[list[int]], out: Controlled) -> RolloutBatch:
         rows = [(i, prompts[i]) for i in out.prompt_index]
-        batch = assemble_batch(rows, [tokens[i] for i in out.prompt_index], out.completions,
-                               self.tokenizer.pad_token_id)
-        return batch, out
+        return assemble_batch(rows, [tokens[i] for i in out.prompt_index], out.completions, self.tokenizer.pad_token_id)
 
     def score(self, batch: RolloutBatch) -> int:
         """Fills ``rewards``, ``reward_extras`` and ``correct``; returns the number of failed reward calls."""

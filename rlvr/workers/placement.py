@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -268,6 +269,11 @@ class Workers:
 
     def generate(self, requests: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """Requests split evenly over the rollout workers (each seeded apart), results in request order."""
+        return self.submit(requests, sampling)()
+
+    def submit(self, requests: list[list[int]], sampling: SamplingParams) -> Callable[[], list[Completion]]:
+        """:meth:`generate` in two halves: the requests are in the workers' queues when this returns (ahead of any
+        later call, a weight sync included), the returned function waits for the completions."""
         shards = len(self.rollouts)
         size = -(-len(requests) // shards)
         calls = [
@@ -275,7 +281,7 @@ class Workers:
                                             SamplingParams(**{**sampling.__dict__, "seed": sampling.seed + i})))
             for i, worker in enumerate(self.rollouts)
         ]
-        return [c for part in self._gather(calls) for c in part]
+        return lambda: [c for part in self._gather(calls) for c in part]
 
     def sync_weights(self) -> float:
         """Learner -> rollout workers; seconds taken. On GPUs with vLLM engines, GPU to GPU from the learner ranks

@@ -59,6 +59,27 @@ def test_generation_is_seeded_stops_on_eos_and_logprobs_match_the_learner(tiny_m
     assert (recomputed[~mask] == 0).all()
 
 
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 5, 1.0), (1.0, 0, 0.8), (1.3, 10, 0.9)])
+def test_truncated_sampling_draws_what_generate_draws_with_log_probs_of_the_tempered_distribution(
+        tiny_model_dir, temperature, top_k, top_p):
+    """The engine applies temperature, top-k and top-p itself (recording the log-probs between them): the same tokens
+    as generate's own warpers, log-probs of the tempered distribution before truncation, as the learner computes."""
+    torch.set_num_threads(1)
+    _, learner, tokenizer, engine = _setup(tiny_model_dir, **{"rollout.temperature": temperature})
+    sampling = SamplingParams(max_new_tokens=8, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    batch, _ = _batch(tokenizer, engine, sampling)
+    mask = batch.response_mask.bool()
+    torch.manual_seed(sampling.seed)
+    reference = learner.model.generate(
+        input_ids=batch.prompt_tokens, attention_mask=batch.prompt_mask, max_new_tokens=8, do_sample=True,
+        temperature=temperature, top_k=top_k, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    sampled = reference[:, batch.prompt_tokens.shape[1]:][:, : mask.shape[1]]
+    assert torch.equal(sampled[mask], batch.response_tokens[mask])
+    recomputed = learner.logprobs(batch)  # at the recipe's temperature, over the whole vocabulary
+    assert torch.allclose(recomputed[mask], batch.rollout_logprobs[mask], atol=1e-4)
+
 def test_update_moves_logprobs_in_the_direction_of_the_advantage(tiny_model_dir):
     torch.manual_seed(0)
     _, learner, tokenizer, engine = _setup(tiny_model_dir)

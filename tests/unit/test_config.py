@@ -47,6 +47,22 @@ def test_bad_values_name_the_field_and_what_is_allowed(override, expected):
     assert expected in str(error.value)
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["rollout.max_staleness=1"], "rollout.max_staleness: 1 needs placement.mode split"),
+    (["rollout.max_staleness=1", "placement.mode=split", "algorithm.name=dapo"],
+     "rollout.max_staleness: 1 does not combine with algorithm.dynamic_sampling"),
+    (["rollout.max_staleness=2", "placement.mode=split", "algorithm.name=scaf_grpo"],
+     "does not combine with scaf_grpo's scaf_hints filter"),
+    (["rollout.max_staleness=1", "placement.mode=split", "rollout.early_rejection.scorer=arithmetic"],
+     "rollout.max_staleness: 1 does not combine with rollout.early_rejection"),
+])
+def test_sampling_ahead_is_refused_where_it_cannot_overlap_or_a_step_samples_more(overrides, expected):
+    with pytest.raises(RecipeError) as error:
+        build_recipe({}, overrides)
+    assert expected in str(error.value)
+    assert build_recipe({}, ["rollout.max_staleness=1", "placement.mode=split"]).rollout.max_staleness == 1
+
+
 def test_malformed_overrides_and_files(tmp_path):
     with pytest.raises(RecipeError, match="section.key=value"):
         build_recipe({}, ["learner.lr"])

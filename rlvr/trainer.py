@@ -135,6 +135,7 @@ class Trainer:
         early = recipe.rollout.early_rejection
         scorer = load_scorer(early.scorer, **early.scorer_options) if early.scorer and self.training else None
         self.pool = RewardPool.from_config(recipe.reward)
+        self.pool.start()  # the workers' interpreters start while Ray and the actors do
         self.model_dir = resolve_model_path(recipe.model.path)
         self.tokenizer = load_tokenizer(self.model_dir)
         start_ray(recipe)

@@ -10,8 +10,9 @@ How: ``num_workers`` processes, each a fresh interpreter started by ``subprocess
 threads, which ``fork`` would copy in a broken state; multiprocessing's ``spawn`` would also re-import the
 run's main module, torch and all, in every worker). Each worker imports the function once and then serves one
 call at a time in its main thread, so code that relies on ``signal.alarm`` (math-verify does) works. The
-parent sends each request to an idle worker over a socket pair and waits on all of them with a deadline per
-call. A worker past ``timeout_s``, one that dies, and one whose call ran out of its memory limit is killed,
+parent sends an idle worker a run of requests at once over a socket pair (one message rather than one round trip per
+call; the run shrinks as the pending requests run out, so the workers finish together), the worker answers call by
+call, and the parent waits on all of them with a deadline per call. A worker past ``timeout_s``, one that dies, and one whose call ran out of its memory limit is killed,
 with every process it started, and its place is taken by one of ``spare_workers`` processes kept started and
 idle (a new spare starts in the background), so a killed call costs its timeout, not a worker's start-up.
 Workers start at the first :meth:`RewardPool.score` (or :meth:`RewardPool.start`) and are reused until
@@ -79,6 +80,7 @@ WRITES = ("anywhere", "temp_dir")
 _ERROR_MESSAGE_MAX_CHARS = 300
 # Where waiting on a worker's exit has no pidfd (not Linux), the parent polls it this often.
 _EXIT_POLL_S = 0.05
+MAX_RUN = 32  # requests sent to a worker in one message at most
 
 
 @dataclass
@@ -193,7 +195,8 @@ def _worker_main(fd: int) -> None:
 
     Messages to the parent are pickled tuples: ``("ready", None)``; ``("sandbox", message)`` when a
     restriction the pool asked for cannot be set up; ``("failed", message)`` when the import fails;
-    ``("result", outcome)`` per call. A ``None`` request, or the parent's end closing, ends the worker.
+    ``("result", outcome)`` per call. A message from the parent is a list of pickled requests (a run, answered
+    in order); ``None``, or the parent's end closing, ends the worker.
     """
     os.set_inheritable(fd, False)  # programs the reward runs must not hold the parent's pipe
     conn = Connection(fd)
@@ -225,21 +228,23 @@ def _worker_main(fd: int) -> None:
             message = conn.recv_bytes()
         except (EOFError, OSError):  # the parent is gone
             return
-        try:
-            request = pickle.loads(message)
-        except Exception as error:  # fields holding a class this process cannot import
-            outcome: _Outcome = (None, {}, _describe_exception("unpicklable request", error))
-        else:
-            if request is None:
-                return
-            if settings.limits.cpu_s is not None:
-                sandbox.arm_cpu_limit(settings.limits.cpu_s)
-            outcome = _call(function, request, settings.limits)
-        try:
-            payload = pickle.dumps(("result", outcome))
-        except Exception as error:
-            payload = pickle.dumps(("result", (None, {}, _describe_exception("unpicklable extras", error))))
-        conn.send_bytes(payload)
+        run = pickle.loads(message)
+        if run is None:
+            return
+        for request in run:  # pickled one by one: an unpicklable request fails alone
+            try:
+                call = pickle.loads(request)
+            except Exception as error:  # fields holding a class this process cannot import
+                outcome: _Outcome = (None, {}, _describe_exception("unpicklable request", error))
+            else:
+                if settings.limits.cpu_s is not None:
+                    sandbox.arm_cpu_limit(settings.limits.cpu_s)
+                outcome = _call(function, call, settings.limits)
+            try:
+                payload = pickle.dumps(("result", outcome))
+            except Exception as error:
+                payload = pickle.dumps(("result", (None, {}, _describe_exception("unpicklable extras", error))))
+            conn.send_bytes(payload)
 
 
 # --- the parent side --------------------------------------------------------------------------------
@@ -266,13 +271,13 @@ class _Worker:
         except OSError:  # it died at once; the parent hears so from its exit, with its exit code
             pass
         self.ready = False
-        self.task: int | None = None  # index of the request in flight
+        self.tasks: deque[int] = deque()  # indexes of the requests sent, in order; the first is running
         self.deadline = time.monotonic() + WORKER_STARTUP_TIMEOUT_S
 
     @property
     def waiting(self) -> bool:
         """Whether the parent is waiting on this worker: starting up, or serving a call."""
-        return not self.ready or self.task is not None
+        return not self.ready or bool(self.tasks)
 
     def exited(self, ready: set[object]) -> bool:
         """Whether the process has exited, given what :func:`multiprocessing.connection.wait` returned."""
@@ -312,7 +317,7 @@ class _Worker:
 
     def stop(self) -> None:
         """Ask an idle worker to exit (a second at most), then :meth:`kill` what is left of it."""
-        if self.ready and self.task is None:
+        if self.ready and not self.tasks:
             try:
                 self.conn.send_bytes(pickle.dumps(None))
                 if self.sentinel is not None:
@@ -400,6 +405,7 @@ class RewardPool:
         self._workers: list[_Worker] = []
         self._spares: list[_Worker] = []  # started (ready or not), idle until one takes a killed worker's place
         self._spawned = 0
+        self._pending: deque[int] = deque()
         self._token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._closed = False
         # Stops the workers if the pool is garbage-collected or the interpreter exits without close().
@@ -438,12 +444,13 @@ class RewardPool:
             return []
         self.start()
         results: list[RewardResult | None] = [None] * len(requests)
-        pending = deque(range(len(requests)))
-        while pending or any(worker.task is not None for worker in self._workers):
+        self._pending = deque(range(len(requests)))  # the requests not sent, or sent to a worker killed before them
+        while self._pending or any(worker.tasks for worker in self._workers):
             for worker in self._workers:
-                if pending and not worker.waiting:
-                    index = pending.popleft()
-                    results[index] = self._dispatch(worker, index, requests[index])
+                if self._pending and not worker.waiting:
+                    size = min(MAX_RUN, -(-len(self._pending) // (2 * len(self._workers))))
+                    run = [self._pending.popleft() for _ in range(size)]
+                    self._dispatch(worker, run, requests, results)
             self._wait_and_collect(results)
         return results  # type: ignore[return-value]  # every slot is filled once nothing is pending
 
@@ -489,20 +496,33 @@ class RewardPool:
         self._num_errors += 1
         return RewardResult(score=self.failure_score, extras={}, error=error)
 
-    def _dispatch(self, worker: _Worker, index: int, request: RewardRequest) -> RewardResult | None:
-        """Send one request to an idle worker; a result now only when it cannot be sent."""
+    def _dispatch(self, worker: _Worker, run: list[int], requests: list[RewardRequest],
+                  results: list[RewardResult | None]) -> None:
+        """Send the requests ``run`` (indexes) to an idle worker; those that cannot be pickled fail now."""
+        payloads = []
+        for index in run:
+            request = requests[index]
+            try:
+                payloads.append(pickle.dumps((request.completion, request.answer, dict(request.fields))))
+            except Exception as error:
+                results[index] = self._failure(_describe_exception("unpicklable request", error))
+                continue
+            worker.tasks.append(index)
+        if not worker.tasks:
+            return
         try:
-            payload = pickle.dumps((request.completion, request.answer, dict(request.fields)))
-        except Exception as error:
-            return self._failure(_describe_exception("unpicklable request", error))
-        try:
-            worker.conn.send_bytes(payload)
+            worker.conn.send_bytes(pickle.dumps(payloads))
         except OSError:  # it died while idle (OOM killer, or a thread of the user's code exited it)
+            results[worker.tasks.popleft()] = self._failure(f"worker died: {worker.exit_description()}")
+            self._requeue(worker)
             self._replace(worker)
-            return self._failure(f"worker died: {worker.exit_description()}")
-        worker.task = index
+            return
         worker.deadline = time.monotonic() + self.timeout_s
-        return None
+
+    def _requeue(self, worker: _Worker) -> None:
+        """The requests sent to ``worker`` that it had not started go back to the front of the queue."""
+        self._pending.extendleft(reversed(worker.tasks))
+        worker.tasks.clear()
 
     def _wait_and_collect(self, results: list[RewardResult | None]) -> None:
         """Wait until a waited-on worker has news or a deadline passes, then handle every such worker."""
@@ -518,6 +538,8 @@ class RewardPool:
         for worker in waiting:
             if worker.conn in ready or worker.exited(ready):
                 self._receive(worker, results)
+                while worker.tasks and worker.ready and worker.conn.poll():  # the rest of its answers so far
+                    self._receive(worker, results)
             elif now >= worker.deadline:
                 self._expire(worker, results)
 
@@ -530,8 +552,8 @@ class RewardPool:
             self._worker_died(worker, results)
             return
         except Exception as error:  # the parent cannot unpickle the extras (e.g. a class it cannot import)
-            results[worker.task] = self._failure(_describe_exception("unpicklable extras", error))
-            worker.task = None
+            results[worker.tasks.popleft()] = self._failure(_describe_exception("unpicklable extras", error))
+            worker.deadline = time.monotonic() + self.timeout_s  # the next call's
             return
         if kind == "ready":
             worker.ready = True
@@ -546,11 +568,12 @@ class RewardPool:
             )
         else:
             score, extras, error = body
-            results[worker.task] = (
+            results[worker.tasks.popleft()] = (
                 self._failure(error) if error is not None else RewardResult(score=score, extras=extras)
             )
-            worker.task = None
+            worker.deadline = time.monotonic() + self.timeout_s  # the next call's
             if error is not None and error.startswith("memory limit"):
+                self._requeue(worker)
                 self._replace(worker)  # what ran out of memory may have left it broken
 
     def _worker_died(self, worker: _Worker, results: list[RewardResult | None]) -> None:
@@ -562,13 +585,14 @@ class RewardPool:
                 f"a reward worker for {self.function!r} exited while starting ({exit_description}); "
                 "its traceback is on stderr. The module must import cleanly in a fresh interpreter"
             )
-        if worker.task is not None:
+        if worker.tasks:
             cpu_s = self.limits.cpu_s
             if worker.process.returncode == -signal.SIGXCPU and cpu_s is not None:
                 error = f"cpu limit: the call used more than {cpu_s} CPU seconds (reward.limits.cpu_s; SIGXCPU)"
             else:
                 error = f"worker died: {exit_description}"
-            results[worker.task] = self._failure(error)
+            results[worker.tasks.popleft()] = self._failure(error)
+            self._requeue(worker)
         self._replace(worker)
 
     def _expire(self, worker: _Worker, results: list[RewardResult | None]) -> None:
@@ -577,5 +601,6 @@ class RewardPool:
             raise RuntimeError(
                 f"a reward worker for {self.function!r} did not start within {WORKER_STARTUP_TIMEOUT_S}s"
             )
-        results[worker.task] = self._failure(f"timeout after {self.timeout_s}s")  # type: ignore[index]
+        results[worker.tasks.popleft()] = self._failure(f"timeout after {self.timeout_s}s")
+        self._requeue(worker)
         self._replace(worker)

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import ray
@@ -27,6 +28,7 @@ from rlvr.config import Recipe
 from rlvr.rollout.engine import Completion, SamplingParams
 from rlvr.rollout import registry as engines
 from rlvr.workers.actors import LearnerActor, RolloutActor
+from rlvr.workers.local_ray import SYSTEM_CONFIG, LogTail, lean_head
 from rlvr.workers.plan import GroupPlan, PlacementError, PlacementPlan, plan_placement
 from rlvr.transfer.specs import BACKENDS
 
@@ -104,18 +106,23 @@ def start_ray(recipe: Recipe) -> None:
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
     notices.addFilter(not_the_notice)
+    # Inherited by the actors (a runtime_env would start each through the runtime-env agent). Actors import rlvr from
+    # the installed package; nothing of the working dir needs shipping.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        ray.init(
-            num_cpus=cfg.num_cpus or os.cpu_count(),
-            object_store_memory=cfg.object_store_mb * 1024 * 1024,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=True,
-            # Actors import rlvr from the installed package; nothing of the working dir needs shipping.
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        )
+        with lean_head():  # no autoscaler monitor, dashboard or log monitor: LogTail brings the actors' output here
+            ray.init(
+                num_cpus=cfg.num_cpus or os.cpu_count(),
+                object_store_memory=cfg.object_store_mb * 1024 * 1024,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=False,
+                _system_config=SYSTEM_CONFIG,
+            )
     finally:
         notices.removeFilter(not_the_notice)
+    node = ray._private.worker.global_worker.node
+    LogTail(Path(node.get_logs_dir_path())).start()
 
 
 class LogProbs(NamedTuple):

@@ -4,7 +4,7 @@
     python scripts/bench_vs_trl.py                            # 4 pairs of 30 steps on the tiny model
     python scripts/bench_vs_trl.py --pairs 1 --steps 6        # a quick look
     python scripts/bench_vs_trl.py --width 512                # a random-weights 13.7M-parameter Llama instead
-    python scripts/bench_vs_trl.py --rlvr-override placement.mode=split --rlvr-override rollout.max_staleness=1
+    python scripts/bench_vs_trl.py --rlvr-override placement.mode=split       # rlvr's overrides (repeatable)
 
 Each run is a child process of its own (``--worker rlvr|trl``, which writes a JSON result), so that the two
 frameworks' memory and threads never mix; the pairs alternate the order (rlvr first, then TRL first, ...). Prints a
@@ -15,10 +15,12 @@ Measured alike for both:
 * throughput: completion tokens (EOS included) per second of each RL step's wall time, rlvr's measured around
   ``Trainer.train_step``, TRL's from a callback's ``on_step_begin`` to its ``on_step_end``; the median over steps
   4..N (the first three warm up), and the median step time as s/step. The rlvr/TRL ratio is taken per pair.
-* start-up: from the worker process's creation (Python, imports, model, and for rlvr Ray and its reward processes)
+* start-up: from the worker process's launch (Python, imports, model, and for rlvr Ray and its reward processes)
   to the first step's start.
 * peak memory: this process sums PSS and RSS over the worker and all its descendants (Ray's gcs, raylet and actors,
-  rlvr's reward processes) every 0.2 s, and keeps the peaks and the number of processes at the PSS peak.
+  rlvr's reward processes) every 0.2 s (``--memory-every``), and keeps the peaks and the number of processes at the
+  PSS peak. A sample reads each process's smaps_rollup, ~4 ms of CPU apiece: for rlvr's 9 processes ~17 % of one core
+  at 0.2 s, for TRL's one ~2 %; a longer period shows what that costs the throughput.
 * held-out accuracy: each run's final model (rlvr: ``checkpoints/step_N``; TRL: ``save_model``) measured here as
   rlvr's trainer measures ``heldout/accuracy`` (``Trainer.heldout``: rlvr's HF engine, ``data.heldout`` rendered by
   ``data.template``, one sample per problem at ``trainer.heldout_temperature`` with rlvr's held-out seed, and
@@ -83,9 +85,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/tiny/grpo.yaml"
 FRAMEWORKS = ("rlvr", "trl")
 WARMUP_STEPS = 3  # steps left out of the medians
-SAMPLE_S = 0.2  # memory sampling period
+RATIO_ROWS = ("s_per_step", "startup_s", "peak_pss_mb", "peak_rss_mb")  # rows with a rlvr/TRL ratio of the medians
 # rlvr's algorithm.loss_agg -> TRL's loss_type of the same aggregation, both over the whole step batch.
-RATIO_ROWS = ("tokens_per_s", "s_per_step", "startup_s", "peak_pss_mb", "peak_rss_mb")  # rows with a rlvr/TRL ratio
 LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 
 
@@ -96,13 +97,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="a random-weights Llama of this hidden size (and "
                         "3x its MLP) on the tiny model's tokenizer instead of the tiny model; 512: 13.7M parameters")
     parser.add_argument("--rlvr-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="a recipe override for rlvr (repeatable), after the benchmark's own; TRL follows those "
-                        "it has a counterpart of")
-    parser.add_argument("--json", default="bench_vs_trl.json")
+                        help="a recipe override (repeatable), after the benchmark's own; both workers read the "
+                        "recipe with it: TRL's mirrors what the docstring lists and stops on what it cannot mirror")
+    parser.add_argument("--memory-every", type=float, default=0.2, metavar="S", help="memory sampling period in "
+                        "seconds; each sample reads every process's smaps_rollup, ~4 ms of CPU per process")
+    parser.add_argument("--json", default="bench_vs_trl.json", help="where the JSON summary goes")
     parser.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)  # time.time() when the parent started it
     args = parser.parse_args()
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps {args.steps}: the medians leave out the first {WARMUP_STEPS} steps; take at least "
@@ -126,6 +130,7 @@ def rlvr_overrides(args: argparse.Namespace) -> list[str]:
 # -- the parent ------------------------------------------------------------------------------------------------------
 def benchmark(args: argparse.Namespace) -> None:
     from rlvr.config import load_recipe
+    from rlvr.models.loading import load_model
 
     with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as tmp:
         work = Path(tmp)
@@ -142,7 +147,8 @@ def benchmark(args: argparse.Namespace) -> None:
                 print(f"pair {pair + 1}/{args.pairs} {name}: {run['tokens_per_s']:.0f} tok/s, "
                       f"{run['s_per_step']:.3f} s/step, start-up {run['startup_s']:.1f} s, "
                       f"peak PSS {run['peak_pss_mb']:.0f} MB", flush=True)
-        initial = heldout_accuracy(args.model, args.model, recipe)
+        parameters = sum(p.numel() for p in load_model(args.model).parameters())
+        initial = {"parameters": parameters, **heldout_accuracy(args.model, args.model, recipe)}
         summary = summarize(runs, initial, args, recipe)
     print_table(summary)
     line = json.dumps(summary)
@@ -172,12 +178,13 @@ def run_worker(name: str, args: argparse.Namespace, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     out, log = work / f"{name}.json", work / f"{name}.log"
     command = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--model", args.model,
-               "--work", str(work), "--out", str(out), *(["--width", str(args.width)] if args.width else []),
+               "--work", str(work), "--out", str(out), "--launched", str(time.time()),
+               *(["--width", str(args.width)] if args.width else []),
                *(f"--rlvr-override={override}" for override in args.rlvr_override)]
     with open(log, "w") as sink:
         child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        memory = PeakMemory(child.pid)
+        memory = PeakMemory(child.pid, args.memory_every)
         memory.start()
         code = child.wait()
         peaks = memory.stop()
@@ -185,23 +192,24 @@ def run_worker(name: str, args: argparse.Namespace, work: Path) -> dict:
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         raise SystemExit(f"the {name} worker failed (exit code {code}); the end of its output:\n{tail}")
     result = json.loads(out.read_text())
-    timed = result.pop("steps")[WARMUP_STEPS:]
+    steps = result.pop("steps")
+    timed = steps[WARMUP_STEPS:]
     return {"tokens_per_s": statistics.median(s["tokens"] / s["seconds"] for s in timed),
             "s_per_step": statistics.median(s["seconds"] for s in timed),
-            "skipped_steps": sum(s["skipped"] for s in timed), **result, **peaks}
+            "skipped_steps": sum(s["skipped"] for s in steps), **result, **peaks}
 
 
 class PeakMemory(threading.Thread):
-    """Every ``SAMPLE_S`` seconds, the PSS and RSS of a process and all its descendants, summed; keeps the peaks and
+    """Every ``period`` seconds, the PSS and RSS of a process and all its descendants, summed; keeps the peaks and
     the number of processes at the PSS peak."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, period: float):
         super().__init__(daemon=True)
-        self.root, self.done = psutil.Process(pid), threading.Event()
+        self.root, self.period, self.done = psutil.Process(pid), period, threading.Event()
         self.peaks = {"peak_pss_mb": 0.0, "peak_rss_mb": 0.0, "processes_at_peak": 0}
 
     def run(self) -> None:
-        while not self.done.wait(SAMPLE_S):
+        while not self.done.wait(self.period):
             self.sample()
 
     def sample(self) -> None:
@@ -216,9 +224,9 @@ class PeakMemory(threading.Thread):
             except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone since the listing
                 continue
             pss, rss, count = pss + info.pss, rss + info.rss, count + 1
-        if pss / 2**20 > self.peaks["peak_pss_mb"]:
-            self.peaks.update(peak_pss_mb=pss / 2**20, processes_at_peak=count)
-        self.peaks["peak_rss_mb"] = max(self.peaks["peak_rss_mb"], rss / 2**20)
+        if pss / 1e6 > self.peaks["peak_pss_mb"]:
+            self.peaks.update(peak_pss_mb=pss / 1e6, processes_at_peak=count)
+        self.peaks["peak_rss_mb"] = max(self.peaks["peak_rss_mb"], rss / 1e6)
 
     def stop(self) -> dict:
         self.done.set()
@@ -264,7 +272,7 @@ def summarize(runs: list[dict[str, dict]], initial: dict[str, float], args: argp
         "temperature": r.temperature, "lr": learner.lr, "warmup_steps": learner.warmup_steps,
         "micro_batch_size": learner.micro_batch_size, "loss": f"{recipe.algorithm.loss_agg} / TRL "
         f"{LOSS_TYPES.get(recipe.algorithm.loss_agg)}", "advantage_norm": recipe.algorithm.adv_norm,
-        "trl_torch_threads": os.cpu_count(),
+        "trl_torch_threads": os.cpu_count(), "memory_every_s": args.memory_every,
     }
     return {"throughput_ratio": statistics.median(ratios), "throughput_ratio_range": [min(ratios), max(ratios)],
             "throughput_ratios": ratios, **medians, "initial_model": initial, "settings": settings,
@@ -277,26 +285,28 @@ def print_table(summary: dict) -> None:
             ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("processes at peak", "processes_at_peak", "{:.0f}"),
             ("held-out accuracy T=1", "heldout_accuracy", "{:.1%}"),
             ("held-out accuracy greedy", "heldout_accuracy_greedy", "{:.1%}")]
-    rlvr, trl, low_high = summary["rlvr"], summary["trl"], summary["throughput_ratio_range"]
+    rlvr, trl, (low, high) = summary["rlvr"], summary["trl"], summary["throughput_ratio_range"]
     print(f"{'':26s} {'rlvr':>9s} {'TRL':>9s} {'rlvr/TRL':>9s}")
     for label, key, fmt in rows:
-        ratio = summary["throughput_ratio"] if key == "tokens_per_s" else rlvr[key] / trl[key] if trl[key] else None
-        shown = f"{ratio:.2f}" if ratio is not None and key in RATIO_ROWS else ""
-        print(f"{label:26s} {fmt.format(rlvr[key]):>9s} {fmt.format(trl[key]):>9s} {shown:>9s}"
-              + (f"  (pairs: {low_high[0]:.2f}-{low_high[1]:.2f})" if key == "tokens_per_s" else ""))
+        line = f"{label:26s} {fmt.format(rlvr[key]):>9s} {fmt.format(trl[key]):>9s}"
+        if key == "tokens_per_s":  # the median of the per-pair ratios
+            line += f" {summary['throughput_ratio']:9.2f}  (pairs {low:.2f}-{high:.2f})"
+        elif key in RATIO_ROWS:
+            line += f" {rlvr[key] / trl[key]:9.2f}"
+        print(line)
     initial = summary["initial_model"]
-    print(f"held-out accuracy before training: {initial['heldout_accuracy']:.1%} T=1, "
-          f"{initial['heldout_accuracy_greedy']:.1%} greedy; steps rlvr skipped for want of signal: "
-          f"{rlvr['skipped_steps']:.0f}")
+    print(f"the initial model ({initial['parameters'] / 1e6:.2f}M parameters): held-out accuracy "
+          f"{initial['heldout_accuracy']:.1%} T=1, {initial['heldout_accuracy_greedy']:.1%} greedy; steps rlvr "
+          f"skipped for want of signal: {rlvr['skipped_steps']:.0f}")
 
 
 # -- the workers -----------------------------------------------------------------------------------------------------
 class StepClock:
-    """Each RL step's wall time and completion tokens, and the start-up: this process's creation to the first step's
-    start."""
+    """Each RL step's wall time and completion tokens, and the start-up: from ``launched`` (the parent's clock just
+    before it started this process) to the first step's start."""
 
-    def __init__(self):
-        self.created = psutil.Process().create_time()
+    def __init__(self, launched: float):
+        self.launched = launched
         self.startup_s: float | None = None
         self.steps: list[dict] = []
         self.started = 0.0
@@ -304,7 +314,7 @@ class StepClock:
 
     def begin(self) -> None:
         if self.startup_s is None:
-            self.startup_s = time.time() - self.created
+            self.startup_s = time.time() - self.launched
         self.started = time.perf_counter()
 
     def end(self, tokens: int, skipped: bool = False) -> None:
@@ -318,7 +328,7 @@ def rlvr_worker(args: argparse.Namespace) -> dict:
     import rlvr
     from rlvr.trainer import Trainer
 
-    clock, train_step = StepClock(), Trainer.train_step
+    clock, train_step = StepClock(args.launched), Trainer.train_step
 
     def timed_step(self, step: int) -> dict:
         clock.begin()
@@ -373,7 +383,7 @@ def trl_worker(args: argparse.Namespace) -> dict:
     if tokenizer(texts)["input_ids"] != [render(p, data.template, tokenizer) for p in prompts]:
         raise SystemExit("TRL would tokenize the prompts differently from rlvr's render(); compare "
                          f"{tokenizer(texts[:1])['input_ids']} with {render(prompts[0], data.template, tokenizer)}")
-    clock = StepClock()
+    clock = StepClock(args.launched)
 
     def correct(completions: list[str], answer: list[str], completion_ids: list[list[int]], **_) -> list[float]:
         """rlvr's grader: 1.0 when the completion's final answer equals the gold answer, else 0.0."""
@@ -389,7 +399,8 @@ def trl_worker(args: argparse.Namespace) -> dict:
 
     config = GRPOConfig(
         output_dir=str(Path(args.work) / "trl"), max_steps=args.steps, seed=recipe.trainer.seed,
-        per_device_train_batch_size=learner.micro_batch_size, gradient_accumulation_steps=rows // learner.micro_batch_size,
+        per_device_train_batch_size=learner.micro_batch_size,
+        gradient_accumulation_steps=rows // learner.micro_batch_size,
         num_generations=rollout.n, max_completion_length=rollout.max_new_tokens, temperature=rollout.temperature,
         top_p=rollout.top_p, top_k=rollout.top_k, num_iterations=learner.epochs, beta=0.0,
         loss_type=LOSS_TYPES[algo.loss_agg], scale_rewards=algo.adv_norm, epsilon=algo.clip_eps_low,

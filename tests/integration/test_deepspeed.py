@@ -112,7 +112,7 @@ def test_zero3_resume_continues_as_the_uninterrupted_run(tiny_model_dir, zero3_r
 
 def test_gathered_zero3_weights_reach_the_rollout_worker_whole(tiny_model_dir, ray_session, tmp_path):
     """bf16 ZeRO-3 in split placement: after an update the rollout worker's weights are bit-identical to the
-    learner's full weights, and sampling with them reproduces the learner's (partitioned) log-probs."""
+    learner's full weights, and sampling with them gives the learner's (partitioned) log-probs, to bf16 rounding."""
     overrides = {**SHARED, **DEEPSPEED, "learner.zero_stage": 3, "placement.mode": "split",
                  "model.dtype": "bfloat16"}
     with Trainer(build_recipe({}, tiny_overrides(tiny_model_dir, tmp_path, **overrides))) as run:
@@ -127,4 +127,7 @@ def test_gathered_zero3_weights_reach_the_rollout_worker_whole(tiny_model_dir, r
         batch, _ = run.sampler.generate(run.prompts[:8], [2] * 8, sampling)
         learner = run.workers.logprobs(batch).old
         mask = batch.response_mask.bool()
-        assert torch.allclose(learner[mask], batch.rollout_logprobs[mask], atol=1e-6)
+        # The engine's log-probs are those of generate's own (KV-cached, bf16) logits, the learner's of one parallel
+        # pass: equal weights agree to bf16 rounding.
+        assert torch.allclose(learner[mask], batch.rollout_logprobs[mask], atol=0.05)
+        assert (learner[mask] - batch.rollout_logprobs[mask]).abs().mean() < 0.01

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def tag() -> str:
 def test_close_kills_every_process_a_reward_started(rewards: str, tag: str) -> None:
     with RewardPool(f"{rewards}:spawn", num_workers=1, timeout_s=10.0) as pool:
         assert pool.score([RewardRequest("", "", {"tag": tag})])[0].error is None
+        deadline = time.monotonic() + 10  # the double-forked one may exec a moment after the call returned
+        while len(_sleepers(tag)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(_sleepers(tag)) == 3
     assert _sleepers(tag) == []
 

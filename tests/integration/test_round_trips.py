@@ -16,7 +16,7 @@ from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` leaves them out
 
-WAVES = ("generate", "logprobs", "update", "sync_weights", "peak_memory")
+WAVES = ("generate", "submit", "logprobs", "update", "sync_weights", "peak_memory")
 
 
 class CountingActor:
@@ -54,8 +54,9 @@ def count(run: Trainer, monkeypatch) -> tuple[list, list, list]:
     monkeypatch.setattr(workers, "rollouts", [proxies[id(h)] for h in workers.rollouts])
     for name in WAVES:
         method = getattr(workers, name)
+        label = "generate" if name == "submit" else name  # submit: generate's requests sent now, gathered later
 
-        def wave(*args, _method=method, _name=name, **kwargs):
+        def wave(*args, _method=method, _name=label, **kwargs):
             before = len(calls)
             try:
                 return _method(*args, **kwargs)

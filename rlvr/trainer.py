@@ -401,6 +401,7 @@ class Trainer:
         self.step = self.weights_step = int(state["step"])
         if (path / AHEAD_FILE).exists():
             for later, source in torch.load(path / AHEAD_FILE, weights_only=False):
+                source.ready_at = time.perf_counter()  # the saving process's clock means nothing here
                 done: Future[_Source] = Future()
                 done.set_result(source)
                 self.ahead.append((later, done))

@@ -12,8 +12,9 @@ run's main module, torch and all, in every worker). Each worker imports the func
 call at a time in its main thread, so code that relies on ``signal.alarm`` (math-verify does) works. The
 parent sends an idle worker a run of requests at once over a socket pair (one message rather than one round trip per
 call; the run shrinks as the pending requests run out, so the workers finish together), the worker answers call by
-call, and the parent waits on all of them with a deadline per call. A worker past ``timeout_s``, one that dies, and one whose call ran out of its memory limit is killed,
-with every process it started, and its place is taken by one of ``spare_workers`` processes kept started and
+call, and the parent waits on all of them with a deadline per call. A worker past ``timeout_s``, one that dies,
+and one whose call ran out of its memory limit is killed, with every process it started (the requests of its run it
+had not started go back to the queue), and its place is taken by one of ``spare_workers`` processes kept started and
 idle (a new spare starts in the background), so a killed call costs its timeout, not a worker's start-up.
 Workers start at the first :meth:`RewardPool.score` (or :meth:`RewardPool.start`) and are reused until
 :meth:`RewardPool.close`.

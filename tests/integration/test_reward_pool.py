@@ -29,6 +29,15 @@ def reward_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
     return write
 
 
+def _settled_reward_processes(count: int, seconds: float = 10.0) -> list[int]:
+    """:func:`_reward_processes` once there are ``count`` (or ``seconds`` later): a replacement spare starts in the
+    background, and on a loaded machine it may show up a moment after ``score`` returned."""
+    deadline = time.monotonic() + seconds
+    while len(found := _reward_processes()) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def _reward_processes() -> list[int]:
     """Live reward processes of this test process, workers and spares (named rlvr-reward-N on their command line)."""
     found = []
@@ -111,7 +120,7 @@ def test_a_timed_out_call_is_killed_and_the_pool_keeps_serving(reward_module: Ca
         assert results[1].error == "timeout after 0.5s"
         assert pool.num_errors == 1
         # The hung worker was killed and replaced: still num_workers processes and a spare, and both serve.
-        assert len(_reward_processes()) == 3
+        assert len(_settled_reward_processes(3)) == 3
         again = pool.score(_requests("ok", "ok", "hang", "ok"))
         assert [result.score for result in again] == [1.0, 1.0, -1.0, 1.0]
         assert pool.num_errors == 2
@@ -191,7 +200,7 @@ def test_a_worker_that_exits_is_replaced(reward_module: Callable[[str], str]) ->
         assert [result.score for result in results] == [1.0, 0.0, 1.0, 0.0, 1.0]
         assert results[1].error == results[3].error == "worker died: exit code 1"
         assert pool.num_errors == 2
-        assert len(_reward_processes()) == 3
+        assert len(_settled_reward_processes(3)) == 3
         assert [result.score for result in pool.score(_requests("ok", "ok", "ok"))] == [1.0, 1.0, 1.0]
 
 
@@ -343,7 +352,7 @@ def test_a_reward_that_segfaults_on_every_call(reward_module: Callable[[str], st
         elapsed = time.monotonic() - started
         assert {result.error for result in results} == {"worker died: killed by signal 11 (SIGSEGV)"}
         assert pool.num_errors == 32
-        assert len(_reward_processes()) == 3
+        assert len(_settled_reward_processes(3)) == 3
         assert [result.score for result in pool.score(_requests("ok", "ok", "ok"))] == [1.0, 1.0, 1.0]
     assert elapsed < 10.0, f"32 segfaulting calls took {elapsed:.2f}s"
 
